@@ -1,0 +1,289 @@
+"""Typed suite configs: model sizes, data, training; validated, loaded from and saved to TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from lmsuite.errors import ConfigError
+
+
+def _require(ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {expected}")
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(value > 0, name, f"positive, got {value!r}")
+
+
+def _fraction(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(0.0 <= value <= 1.0, name, f"in [0, 1], got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """One size of a suite: a row of the `[[models]]` table."""
+
+    name: str
+    """Name of this size; it trains into `<run>/<name>/` and `<run>/<name>-deduped/`."""
+    layers: int
+    """Number of transformer layers."""
+    d_model: int
+    """Width of the residual stream."""
+    heads: int
+    """Attention heads; must divide d_model."""
+    lr: float = 1e-3
+    """Peak learning rate, reached after warmup."""
+    init: str = "small_init"
+    """Weight init: "small_init" (Pythia <= 2.8B: small_init + wang_init) or "normal"
+    (Pythia 6.9B/12B: std 0.02, output projections 0.02 / sqrt(2 * layers))."""
+    vocab_multiple: int = 128
+    """Pad the vocabulary up to a multiple of this (Pythia: 128 x model-parallel degree)."""
+    rotary_pct: float = 0.25
+    """Share of each head's dimensions that get rotary position embedding."""
+    rotary_base: float = 10000.0
+    """Base of the rotary frequencies."""
+    parallel_residual: bool = True
+    """x + attn(ln1(x)) + mlp(ln2(x)) as in Pythia; false for the sequential residual."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "name", "a non-empty folder name")
+        _require(not self.name.endswith("-deduped"), "name",
+                 "free of the suffix '-deduped' (lmsuite adds it for the deduplicated run)")
+        _positive(self, "layers", "d_model", "heads", "lr", "vocab_multiple", "rotary_base")
+        _require(self.d_model % self.heads == 0, "heads",
+                 f"a divisor of d_model={self.d_model}, got {self.heads}")
+        _fraction(self, "rotary_pct")
+        _require(self.init in ("small_init", "normal"), "init",
+                 f'"small_init" or "normal", got {self.init!r}')
+
+
+@dataclass
+class DataConfig:
+    """Where the documents come from and how they become training samples."""
+
+    source: str | list[str] = "synthetic"
+    """"synthetic" for the built-in corpus, or a list of files and folders of documents."""
+    documents: int = 20000
+    """Number of documents of the built-in corpus (ignored for other sources)."""
+    vocab_size: int = 4096
+    """Vocabulary of the BPE tokenizer to train, or the size of the given tokenizer."""
+    tokenizer: str | None = None
+    """Path of a tokenizer.json to use instead of training one (e.g. Pythia's 20B tokenizer)."""
+    seq_len: int = 128
+    """Tokens a model sees per sample; samples hold seq_len + 1 tokens."""
+    validation_fraction: float = 0.01
+    """Share of documents held out of training for validation."""
+    dedup_threshold: float = 0.87
+    """Jaccard similarity above which documents count as near-duplicates."""
+    text_field: str = "text"
+    """Field holding the document text in .jsonl and .parquet files."""
+    txt_separator: str | None = None
+    """Split .txt files into documents on this string; by default a file is one document."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, str):
+            _require(self.source == "synthetic", "source",
+                     '"synthetic" or a list of files and folders')
+        else:
+            _require(len(self.source) > 0, "source", "a non-empty list of files and folders")
+        _positive(self, "documents", "vocab_size", "seq_len")
+        _require(self.vocab_size >= 258, "vocab_size",
+                 f"at least 258 (256 bytes and 2 special tokens), got {self.vocab_size}")
+        _fraction(self, "validation_fraction", "dedup_threshold")
+        _require(self.validation_fraction < 1.0, "validation_fraction", "below 1")
+
+
+@dataclass
+class TrainConfig:
+    """Optimization and checkpointing, shared by every size of a suite."""
+
+    batch_size: int = 32
+    """Global batch, in sequences: step s trains on items [s*B, (s+1)*B) of train.bin."""
+    micro_batch_size: int = 32
+    """Sequences per process and forward pass; gradients accumulate over the rest."""
+    steps: int = 1000
+    """Number of optimizer steps."""
+    warmup_fraction: float = 0.01
+    """Share of the steps with a linear warmup of the learning rate."""
+    min_lr_fraction: float = 0.1
+    """The cosine decay ends at this share of the peak learning rate, at the last step."""
+    checkpoint_every: int = 50
+    """Save a checkpoint every this many steps (and at step 0 and the last step)."""
+    log_checkpoints: bool = True
+    """Also save at steps 1, 2, 4, ..., 512, as Pythia did."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to biases and LayerNorm parameters)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    precision: str = "fp32"
+    """"fp32", or "bf16" for bf16 autocast on GPUs (weights and optimizer stay fp32)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "micro_batch_size", "steps", "checkpoint_every", "adam_eps")
+        _require(self.batch_size % self.micro_batch_size == 0, "micro_batch_size",
+                 f"a divisor of batch_size={self.batch_size}, got {self.micro_batch_size}")
+        _fraction(self, "warmup_fraction", "min_lr_fraction")
+        _require(0.0 <= self.adam_beta1 < 1.0, "adam_beta1", f"in [0, 1), got {self.adam_beta1}")
+        _require(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"in [0, 1), got {self.adam_beta2}")
+        _require(self.weight_decay >= 0, "weight_decay", f"non-negative, got {self.weight_decay}")
+        _require(self.grad_clip >= 0, "grad_clip", f"non-negative, got {self.grad_clip}")
+        _require(self.precision in ("fp32", "bf16"), "precision",
+                 f'"fp32" or "bf16", got {self.precision!r}')
+
+
+@dataclass
+class SuiteConfig:
+    """A suite: every size in `models`, each trained on the standard and the deduplicated data."""
+
+    name: str
+    """Suite name; runs go to runs/<name>/ by default."""
+    models: list[ModelConfig]
+    """The sizes of the suite, smallest first."""
+    seed: int = 1234
+    """Seed of the corpus, the data order and the initial weights."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """How the training data is built."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """How every size is trained."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "name", "a non-empty folder name")
+        _require(len(self.models) > 0, "models", "a non-empty [[models]] table")
+        names = [m.name for m in self.models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        _require(not duplicated, "models", f"uniquely named, {duplicated} appear twice")
+        _require(self.seed >= 0, "seed", f"non-negative, got {self.seed}")
+
+    def model(self, name: str) -> ModelConfig:
+        """The size called `name`; a clear error listing the sizes when there is none."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"suite {self.name!r} has no model {name!r}; it has {self.model_names()}")
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+# --- TOML ------------------------------------------------------------------------------------
+
+
+def _type_ok(value: object, annotation: object) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)  # type: ignore[arg-type]
+
+
+def _type_name(annotation: object) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _from_table(cls: type, table: object, where: str):
+    """Build dataclass `cls` from a TOML table, naming `where` in every error."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected one of {sorted(known)}")
+    kwargs = {}
+    for name, value in table.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            value = _from_table(annotation, value, f"[{name}]")
+        elif typing.get_origin(annotation) is list and dataclasses.is_dataclass(
+            typing.get_args(annotation)[0]
+        ):
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: [[{name}]] must be an array of tables")
+            item_cls = typing.get_args(annotation)[0]
+            value = [_from_table(item_cls, v, f"{name}[{i}]") for i, v in enumerate(value)]
+        elif not _type_ok(value, annotation):
+            raise ConfigError(f"{where}: {name} must be of type {_type_name(annotation)}, "
+                              f"got {value!r}")
+        if annotation is float and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    missing = [
+        f.name for f in known.values()
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing field {missing[0]!r}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def suite_from_dict(table: dict) -> SuiteConfig:
+    """A validated SuiteConfig from the parsed TOML document."""
+    return _from_table(SuiteConfig, table, "suite")
+
+
+def load_suite(path: str | os.PathLike) -> SuiteConfig:
+    """Read and validate a suite TOML file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    try:
+        return suite_from_dict(table)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def suite_to_dict(suite: SuiteConfig) -> dict:
+    """The suite as plain TOML-ready data (fields set to None are left out)."""
+
+    def strip_none(obj):
+        if isinstance(obj, dict):
+            return {k: strip_none(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, list):
+            return [strip_none(v) for v in obj]
+        return obj
+
+    return strip_none(dataclasses.asdict(suite))
+
+
+def save_suite(suite: SuiteConfig, path: str | os.PathLike) -> None:
+    """Write the suite as TOML, atomically; `load_suite` reads back an equal config."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(tomli_w.dumps(suite_to_dict(suite)))
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Training data: documents, tokenizer, Megatron .bin/.idx files, dedup and training order."""

@@ -1,0 +1,243 @@
+"""GPT-NeoX as Pythia uses it, in plain PyTorch, with Hugging Face's parameter names and layouts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmsuite.config import ModelConfig
+
+# --- rotary position embedding ------------------------------------------------------------
+
+
+def rotary_tables(seq_len: int, rotary_dims: int, base: float, device=None):
+    """cos and sin of shape (seq, 2 * ceil(rotary_dims / 2)), as Hugging Face computes them."""
+    # An odd rotary_dims still yields ceil(dims / 2) frequencies, each used twice: HF does the
+    # same, so the rotated width is rounded up to even.
+    exponents = torch.arange(0, rotary_dims, 2, device=device).float() / rotary_dims
+    inv_freq = 1.0 / (base**exponents)
+    freqs = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x (batch, heads, seq, head_dim); pass the rest."""
+    width = cos.shape[-1]
+    rot, keep = x[..., :width], x[..., width:]
+    half = width // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat((rot * cos + rotated * sin, keep), dim=-1)
+
+
+# --- attention, MLP, block -------------------------------------------------------------------
+
+
+class NeoXAttention(nn.Module):
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.head_dim = cfg.d_model // cfg.heads
+        # Fused QKV, laid out per head as [q_h | k_h | v_h], as in GPT-NeoX and HF.
+        self.query_key_value = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.attention_bias)
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attention_bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        qkv = self.query_key_value(x).view(b, t, self.heads, 3 * self.head_dim)
+        qkv = qkv.transpose(1, 2)  # (batch, heads, seq, 3 * head_dim)
+        q, k, v = qkv.split(self.head_dim, dim=-1)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, heads, seq, head_dim)
+        return self.dense(y.transpose(1, 2).reshape(b, t, d))
+
+
+class NeoXMLP(nn.Module):
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.dense_4h_to_h = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=self.approximate))
+
+
+class NeoXLayer(nn.Module):
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.parallel_residual = cfg.parallel_residual
+        self.input_layernorm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.attention = NeoXAttention(cfg)
+        self.mlp = NeoXMLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        attn = self.attention(self.input_layernorm(x), cos, sin)
+        if self.parallel_residual:
+            return x + attn + self.mlp(self.post_attention_layernorm(x))
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# --- config and model --------------------------------------------------------------------
+
+
+@dataclass
+class NeoXConfig:
+    """The architecture of one GPT-NeoX model (what an HF config.json describes)."""
+
+    vocab_size: int
+    """Rows of the embedding matrices (already padded)."""
+    layers: int
+    """Number of transformer layers."""
+    d_model: int
+    """Width of the residual stream."""
+    heads: int
+    """Attention heads; must divide d_model."""
+    d_ff: int = 0
+    """Width of the MLP; 0 means 4 * d_model."""
+    max_positions: int = 2048
+    """Context length the model was trained for (rotary needs no table, so this is metadata)."""
+    rotary_pct: float = 0.25
+    """Share of each head's dimensions that get rotary position embedding."""
+    rotary_base: float = 10000.0
+    """Base of the rotary frequencies."""
+    parallel_residual: bool = True
+    """Parallel attention + MLP residual (Pythia) or sequential."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon."""
+    tie_embeddings: bool = False
+    """Share the input and output embedding (Pythia unties them)."""
+    attention_bias: bool = True
+    """Biases on the QKV and output projections of attention."""
+    activation: str = "gelu"
+    """"gelu" (exact, Pythia) or "gelu_tanh"."""
+    init: str = "small_init"
+    """"small_init" (Pythia <= 2.8B) or "normal" (Pythia 6.9B and 12B)."""
+
+    def __post_init__(self) -> None:
+        if self.d_ff == 0:
+            self.d_ff = 4 * self.d_model
+        if self.d_model % self.heads:
+            raise ValueError(f"heads={self.heads} must divide d_model={self.d_model}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f'activation must be "gelu" or "gelu_tanh", got {self.activation!r}')
+        if self.init not in ("small_init", "normal"):
+            raise ValueError(f'init must be "small_init" or "normal", got {self.init!r}')
+
+    @property
+    def rotary_dims(self) -> int:
+        return int((self.d_model // self.heads) * self.rotary_pct)
+
+
+class NeoXModel(nn.Module):
+    """The trunk, named as HF's `GPTNeoXModel` so that state dict keys match."""
+
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.embed_in = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(NeoXLayer(cfg) for _ in range(cfg.layers))
+        self.final_layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+
+class GPTNeoX(nn.Module):
+    """GPT-NeoX language model; `state_dict()` keys equal those of Pythia's checkpoints."""
+
+    def __init__(self, cfg: NeoXConfig):
+        super().__init__()
+        self.config = cfg
+        self.gpt_neox = NeoXModel(cfg)
+        self.embed_out = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.embed_out.weight = self.gpt_neox.embed_in.weight
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
+        """Logits (batch, seq, vocab); with `labels` (batch, seq), also the mean cross-entropy.
+
+        `labels[:, t]` is the token that should follow `input_ids[:, t]` (already shifted, as
+        a training sample's `[1:]`); positions labelled -100 are ignored.
+        """
+        cfg = self.config
+        x = self.gpt_neox.embed_in(input_ids)  # (batch, seq, d_model)
+        cos, sin = rotary_tables(input_ids.shape[1], cfg.rotary_dims, cfg.rotary_base, x.device)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for layer in self.gpt_neox.layers:
+            x = layer(x, cos, sin)
+        logits = self.embed_out(self.gpt_neox.final_layer_norm(x))  # (batch, seq, vocab)
+        if labels is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def init_weights(self, seed: int) -> None:
+        """Pythia's initialization, drawn from a generator seeded with `seed`."""
+        cfg = self.config
+        g = torch.Generator().manual_seed(seed)
+        if cfg.init == "small_init":
+            std = math.sqrt(2.0 / (5.0 * cfg.d_model))
+            out_std = 2.0 / (cfg.layers * math.sqrt(cfg.d_model))  # wang_init
+        else:
+            std = 0.02
+            out_std = 0.02 / math.sqrt(2.0 * cfg.layers)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("layernorm.weight") or name.endswith("final_layer_norm.weight"):
+                    p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.zero_()
+                elif name.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
+                    p.copy_(torch.randn(p.shape, generator=g) * out_std)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    def num_parameters(self, embeddings: bool = True) -> int:
+        """Parameter count; without the input and output embeddings when `embeddings` is False."""
+        return count_parameters(self.config, embeddings)
+
+
+def count_parameters(cfg: NeoXConfig, embeddings: bool = True) -> int:
+    """Parameters of a model of this shape, computed without building it (12B fits nowhere)."""
+    d, f = cfg.d_model, cfg.d_ff
+    bias = 1 if cfg.attention_bias else 0
+    attention = 3 * d * d + 3 * d * bias + d * d + d * bias
+    mlp = d * f + f + f * d + d
+    norms = 4 * d
+    total = cfg.layers * (attention + mlp + norms) + 2 * d
+    if embeddings:
+        total += cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return total
+
+
+@torch.inference_mode()
+def generate(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding: input_ids (batch, seq) -> (batch, seq + max_new_tokens)."""
+    out = input_ids
+    for _ in range(max_new_tokens):
+        next_token = model(out)[:, -1].argmax(dim=-1, keepdim=True)
+        out = torch.cat((out, next_token), dim=1)
+    return out
+
+
+def padded_vocab(vocab_size: int, multiple: int) -> int:
+    """Round vocab_size up to a multiple of `multiple` (Pythia: 50277 -> 50304)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def config_for_size(size: ModelConfig, vocab_size: int, seq_len: int) -> NeoXConfig:
+    """The architecture of suite size `size` for a tokenizer of `vocab_size` tokens."""
+    return NeoXConfig(
+        vocab_size=padded_vocab(vocab_size, size.vocab_multiple),
+        layers=size.layers,
+        d_model=size.d_model,
+        heads=size.heads,
+        max_positions=seq_len,
+        rotary_pct=size.rotary_pct,
+        rotary_base=size.rotary_base,
+        parallel_residual=size.parallel_residual,
+        init=size.init,
+    )
