@@ -8,6 +8,7 @@ from lmsuite.config import (
     DataConfig,
     ModelConfig,
     SuiteConfig,
+    SyntheticConfig,
     TrainConfig,
     load_suite,
     save_suite,
@@ -121,7 +122,7 @@ def test_duplicate_model_names_are_refused():
 def test_every_field_has_a_docstring():
     import inspect
 
-    for cls in (ModelConfig, DataConfig, TrainConfig, SuiteConfig):
+    for cls in (ModelConfig, DataConfig, SyntheticConfig, TrainConfig, SuiteConfig):
         source = inspect.getsource(cls)
         for f in dataclasses.fields(cls):
             after = source.split(f"    {f.name}:", 1)[1].split("\n", 2)[1]

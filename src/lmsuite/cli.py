@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 
 from lmsuite.errors import LmsuiteError
 
@@ -35,6 +36,62 @@ def cmd_model_info(args: argparse.Namespace) -> None:
               f"{r['total_params']:>17,}{r['non_embedding_params']:>17,}")
 
 
+def default_run_dir(suite_name: str) -> Path:
+    return Path("runs") / suite_name
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from lmsuite.config import SyntheticConfig, load_suite
+    from lmsuite.data.synthetic import write_corpus
+
+    cfg = load_suite(args.config).data.synthetic if args.config else SyntheticConfig()
+    meta = write_corpus(args.out, cfg, args.docs, args.seed)
+    print(f"wrote {args.docs} documents to {args.out} and their ground truth to {meta}/")
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from lmsuite.config import load_suite
+    from lmsuite.data.build import build_data
+
+    suite = load_suite(args.config)
+    out = Path(args.out) if args.out else default_run_dir(suite.name) / "data"
+    for folder in build_data(suite, out, force=args.force):
+        counts = json.loads((folder / "manifest.json").read_text())["counts"]
+        print(f"{folder}: {counts['train_documents']} documents, {counts['document_tokens']:,} "
+              f"tokens, {counts['train_samples']} samples ({counts['epochs']} epochs)")
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from lmsuite.data.order import batch_at, batch_documents, open_train
+
+    batch = batch_at(args.data_dir, args.step, args.batch_size)
+    if args.seq_len is not None and batch.shape[1] != args.seq_len:
+        raise LmsuiteError(f"{args.data_dir}: samples hold {batch.shape[1]} tokens, "
+                           f"not --seq-len {args.seq_len}")
+    size = len(batch)
+    first = args.step * size
+    source = open_train(args.data_dir).bin_path
+    print(f"step {args.step}: items [{first}, {first + size}) of {source}, shape {batch.shape}, "
+          f"{batch.dtype}")
+    if args.out:
+        np.save(args.out, batch)
+        print(f"saved {args.out}")
+    if args.text:
+        from lmsuite.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(args.tokenizer or args.data_dir)
+        for i, row in enumerate(batch):
+            print(f"--- row {i} (item {first + i})")
+            print(tok.decode(row.tolist(), skip_special_tokens=False))
+    if args.docs:
+        for i, docs in enumerate(batch_documents(args.data_dir, args.step, size)):
+            held = ", ".join(f"doc {d['doc']} from token {d['offset']} ({d['tokens']} tokens)"
+                             for d in docs)
+            print(f"row {i}: {held}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmsuite", description="Train and study suites of language models, as Pythia.")
@@ -52,6 +109,36 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("config", help="suite TOML file")
     info.add_argument("--json", action="store_true", help="print a JSON list")
     info.set_defaults(func=cmd_model_info)
+
+    data = commands.add_parser("data", help="build training data")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_commands.add_parser("synth", parents=[common],
+                                     help="write the built-in corpus and its ground truth")
+    synth.add_argument("--out", required=True, help="corpus file to write (.jsonl)")
+    synth.add_argument("--docs", type=int, default=20000, help="number of documents")
+    synth.add_argument("--seed", type=int, default=1234, help="seed of the corpus")
+    synth.add_argument("--config", help="suite TOML whose [data.synthetic] settings to use")
+    synth.set_defaults(func=cmd_data_synth)
+    build = data_commands.add_parser("build", parents=[common],
+                                     help="tokenize, deduplicate, order: standard/ and deduped/")
+    build.add_argument("config", help="suite TOML file")
+    build.add_argument("--out", help="output folder (default runs/<suite>/data)")
+    build.add_argument("--force", action="store_true", help="rebuild even if built already")
+    build.set_defaults(func=cmd_data_build)
+
+    batch = commands.add_parser("batch", parents=[common],
+                                help="the exact tokens of one training step")
+    batch.add_argument("data_dir", help="a dataset folder (or Pythia's pre-shuffled files)")
+    batch.add_argument("--step", type=int, required=True, help="training step")
+    batch.add_argument("--batch-size", type=int,
+                       help="sequences per step (default: from manifest.json)")
+    batch.add_argument("--seq-len", type=int,
+                       help="check that samples hold this many tokens (2049 for Pythia's files)")
+    batch.add_argument("--out", help="save the (batch, tokens) array as .npy")
+    batch.add_argument("--text", action="store_true", help="print each row decoded")
+    batch.add_argument("--docs", action="store_true", help="print the documents in each row")
+    batch.add_argument("--tokenizer", help="tokenizer.json for --text (default: the data's)")
+    batch.set_defaults(func=cmd_batch)
     return parser
 
 

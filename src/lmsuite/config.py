@@ -71,6 +71,48 @@ class ModelConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """The built-in corpus: its mix of documents and the ground truth planted in it."""
+
+    story_share: float = 0.5
+    """Share of unique documents that are stories (characters, occupations, pronouns)."""
+    fact_share: float = 0.25
+    """Share of unique documents that state facts about invented entities."""
+    arithmetic_share: float = 0.25
+    """Share of unique documents of arithmetic lines; the three shares sum to 1."""
+    spanish_share: float = 0.1
+    """Share of stories written in Spanish."""
+    lambada_share: float = 0.3
+    """Share of English stories whose last word (a name or object) only the context predicts."""
+    duplicate_share: float = 0.05
+    """Share of the corpus made of extra copies of other documents."""
+    max_copies: int = 100
+    """Most copies of one document (copy counts are heavy-tailed)."""
+    near_copy_share: float = 0.3
+    """Share of copies with a line of boilerplate added (near-duplicates, not exact ones)."""
+    entities: int = 300
+    """Invented entities in the fact documents."""
+    entity_zipf: float = 1.0
+    """Zipf exponent of how often each entity is mentioned."""
+    operand_zipf: float = 1.0
+    """Zipf exponent of how often each arithmetic operand occurs."""
+    gender_skew: float = 0.9
+    """Share of the stereotyped pronoun for skewed occupations (0.5 would mean no skew)."""
+    eval_items: int = 400
+    """Evaluation items of each kind, drawn from documents never put in the corpus."""
+
+    def __post_init__(self) -> None:
+        _fraction(self, "story_share", "fact_share", "arithmetic_share", "spanish_share",
+                  "lambada_share", "duplicate_share", "near_copy_share", "gender_skew")
+        total = self.story_share + self.fact_share + self.arithmetic_share
+        _require(abs(total - 1.0) < 1e-9, "story_share + fact_share + arithmetic_share",
+                 f"1, got {total:g}")
+        _require(self.duplicate_share < 1.0, "duplicate_share", "below 1")
+        _require(self.max_copies >= 2, "max_copies", f"at least 2, got {self.max_copies}")
+        _positive(self, "entities", "entity_zipf", "operand_zipf", "eval_items")
+
+
+@dataclass
 class DataConfig:
     """Where the documents come from and how they become training samples."""
 
@@ -92,6 +134,8 @@ class DataConfig:
     """Field holding the document text in .jsonl and .parquet files."""
     txt_separator: str | None = None
     """Split .txt files into documents on this string; by default a file is one document."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Settings of the built-in corpus (`source = "synthetic"`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.source, str):
@@ -207,8 +251,11 @@ def _type_name(annotation: object) -> str:
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-def _from_table(cls: type, table: object, where: str):
-    """Build dataclass `cls` from a TOML table, naming `where` in every error."""
+def _from_table(cls: type, table: object, where: str, prefix: str = ""):
+    """Build dataclass `cls` from a TOML table, naming `where` in every error.
+
+    `prefix` is the dotted path of this table, so nested tables are named in full.
+    """
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     hints = typing.get_type_hints(cls)
@@ -220,7 +267,7 @@ def _from_table(cls: type, table: object, where: str):
     for name, value in table.items():
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
-            value = _from_table(annotation, value, f"[{name}]")
+            value = _from_table(annotation, value, f"[{prefix}{name}]", f"{prefix}{name}.")
         elif typing.get_origin(annotation) is list and dataclasses.is_dataclass(
             typing.get_args(annotation)[0]
         ):

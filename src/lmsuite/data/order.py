@@ -1,0 +1,148 @@
+"""The one training order: pack documents into seq_len + 1 samples, permute once, batch_at(step)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lmsuite.data.indexed import IndexedDataset, IndexedDatasetWriter
+from lmsuite.errors import DataFormatError, LmsuiteError
+
+TRAIN_DOCS_DTYPE = np.dtype([("doc", "<i8"), ("offset", "<i8")])
+"""train_docs.npy: per training sample, the source document where it starts and the token
+offset inside that document."""
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the packed samples in epoch `epoch`; a function of these three alone."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def sample_starts(doc_sizes: np.ndarray, doc_ids: np.ndarray, sample_len: int) -> np.ndarray:
+    """For each packed sample, (source document, offset) of its first token."""
+    doc_starts = np.concatenate(([0], np.cumsum(doc_sizes, dtype=np.int64)[:-1]))
+    num_samples = int(doc_sizes.sum()) // sample_len
+    starts = np.arange(num_samples, dtype=np.int64) * sample_len
+    which = np.searchsorted(doc_starts, starts, side="right") - 1
+    out = np.empty(num_samples, TRAIN_DOCS_DTYPE)
+    out["doc"] = doc_ids[which]
+    out["offset"] = starts - doc_starts[which]
+    return out
+
+
+def write_training_order(documents: IndexedDataset, doc_ids: np.ndarray, seq_len: int,
+                         total_samples: int, seed: int, folder: Path,
+                         chunk: int = 4096) -> dict:
+    """Write train.bin/.idx (item i = the i-th sample trained on) and train_docs.npy.
+
+    The documents (each ending with EOD) are one stream cut into samples of seq_len + 1
+    tokens; the tail shorter than a sample is dropped. Epoch e visits every sample once in
+    the order `epoch_permutation(n, seed, e)`; epochs follow one another until
+    `total_samples` are written.
+    """
+    sample_len = seq_len + 1
+    stream = documents.tokens[: int(documents.sizes.sum(dtype=np.int64))]
+    num_samples = len(stream) // sample_len
+    if num_samples == 0:
+        raise LmsuiteError(f"the training documents hold {len(stream)} tokens, fewer than one "
+                           f"sample of seq_len + 1 = {sample_len}")
+    samples = stream[: num_samples * sample_len].reshape(num_samples, sample_len)
+    starts = sample_starts(documents.sizes.astype(np.int64), doc_ids, sample_len)
+    epochs = -(-total_samples // num_samples)
+    train_docs = np.empty(total_samples, TRAIN_DOCS_DTYPE)
+    with IndexedDatasetWriter(folder / "train", documents.dtype) as writer:
+        written = 0
+        for epoch in range(epochs):
+            order = epoch_permutation(num_samples, seed, epoch)[: total_samples - written]
+            train_docs[written:written + len(order)] = starts[order]
+            for i in range(0, len(order), chunk):
+                writer.add_items(samples[order[i:i + chunk]])
+            written += len(order)
+    tmp = folder / f".train_docs.npy.tmp-{os.getpid()}.npy"
+    np.save(tmp, train_docs)
+    os.replace(tmp, folder / "train_docs.npy")
+    return {"samples_per_epoch": num_samples, "epochs": round(total_samples / num_samples, 4),
+            "train_samples": total_samples,
+            "dropped_tail_tokens": len(stream) - num_samples * sample_len}
+
+
+# --- reading the order back ----------------------------------------------------------------
+
+
+def train_prefix(data_dir: str | os.PathLike) -> Path:
+    """The .bin/.idx prefix of the training samples in `data_dir`: lmsuite's train.* or
+    Pythia's document.* (its pre-shuffled files); a prefix itself is accepted too."""
+    path = Path(data_dir)
+    for name in ("train", "document"):
+        if (path / f"{name}.idx").is_file():
+            return path / name
+    if Path(str(path) + ".idx").is_file():
+        return path
+    raise LmsuiteError(f"{path}: no train.idx (or Pythia's document.idx) found")
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict | None:
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _open(prefix: str, mtime_ns: int) -> IndexedDataset:
+    return IndexedDataset(prefix)
+
+
+def open_train(data_dir: str | os.PathLike) -> IndexedDataset:
+    """The training samples of `data_dir`, opened once and reused while the file is unchanged."""
+    prefix = train_prefix(data_dir)
+    return _open(str(prefix), Path(str(prefix) + ".idx").stat().st_mtime_ns)
+
+
+def batch_at(data_dir: str | os.PathLike, step: int, batch_size: int | None = None) -> np.ndarray:
+    """The exact (batch_size, seq_len + 1) tokens of training step `step`: items
+    [step * B, (step + 1) * B) of train.bin, whatever trains on them."""
+    if batch_size is None:
+        manifest = read_manifest(data_dir)
+        if manifest is None:
+            raise LmsuiteError(f"{data_dir}: no manifest.json to take the batch size from; "
+                               "pass batch_size")
+        batch_size = int(manifest["params"]["train"]["batch_size"])
+    if batch_size <= 0 or step < 0:
+        raise LmsuiteError(f"step must be >= 0 and batch size > 0, got {step} and {batch_size}")
+    data = open_train(data_dir)
+    steps = len(data) // batch_size
+    if step >= steps:
+        raise LmsuiteError(f"{data.idx_path}: step {step} is past the end; the file holds "
+                           f"{len(data)} samples = {steps} steps of batch size {batch_size}")
+    return np.array(data.rows(step * batch_size, (step + 1) * batch_size))
+
+
+def batch_documents(data_dir: str | os.PathLike, step: int, batch_size: int) -> list[list[dict]]:
+    """Per row of `batch_at(step)`, the source documents it holds: doc id, the token offset
+    where the row enters the document, and how many of the row's tokens come from it."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "train_docs.npy").is_file():
+        raise LmsuiteError(f"{data_dir}: no train_docs.npy; documents can be traced only in "
+                           "datasets built by lmsuite")
+    train_docs = np.load(data_dir / "train_docs.npy", mmap_mode="r")
+    doc_ids = np.load(data_dir / "document_ids.npy", mmap_mode="r")
+    sizes = IndexedDataset(data_dir / "documents").sizes
+    sample_len = open_train(data_dir).sizes[0]
+    rows = []
+    for doc, offset in train_docs[step * batch_size:(step + 1) * batch_size]:
+        position, offset, left, row = int(np.searchsorted(doc_ids, doc)), int(offset), \
+            int(sample_len), []
+        while left > 0 and position < len(sizes):
+            take = min(left, int(sizes[position]) - offset)
+            row.append({"doc": int(doc_ids[position]), "offset": offset, "tokens": take})
+            left, offset, position = left - take, 0, position + 1
+        rows.append(row)
+    return rows

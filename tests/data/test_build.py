@@ -1,0 +1,222 @@
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmsuite.config import save_suite
+from lmsuite.data.build import build_data
+from lmsuite.data.indexed import IndexedDataset
+from lmsuite.data.order import batch_at, batch_documents
+from lmsuite.data.tokenizer import load_tokenizer
+from lmsuite.errors import LmsuiteError
+from tests.conftest import small_suite
+
+PYTHIA_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "pythia" / "20B_tokenizer.json"
+FILES = {"tokenizer.json", "manifest.json", "documents.bin", "documents.idx", "train.bin",
+         "train.idx", "val.bin", "val.idx", "train_docs.npy"}
+
+
+def stream_and_starts(folder):
+    """The documents as one token stream, and where each source document starts in it."""
+    docs = IndexedDataset(folder / "documents")
+    ids = np.load(folder / "document_ids.npy")
+    starts = np.concatenate(([0], np.cumsum(docs.sizes, dtype=np.int64)[:-1]))
+    return np.asarray(docs.tokens[: docs.sizes.sum()]), dict(zip(ids.tolist(), starts.tolist(),
+                                                                 strict=True))
+
+
+def folder_bytes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["standard", "deduped"])
+def test_dataset_folder_holds_the_contract_files(built_data, name):
+    _, out = built_data
+    assert {p.name for p in (out / name).iterdir()} >= FILES
+    assert (out / name / "corpus.meta" / "ground_truth.json").is_file()
+    assert (out / "standard" / "tokenizer.json").read_bytes() == \
+        (out / "deduped" / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["standard", "deduped"])
+def test_batch_at_equals_slicing_the_concatenated_stream(built_data, name):
+    suite, out = built_data
+    folder = out / name
+    stream, starts = stream_and_starts(folder)
+    train_docs = np.load(folder / "train_docs.npy")
+    length = suite.data.seq_len + 1
+    b = suite.train.batch_size
+    for step in (0, 1, 57, suite.train.steps - 1):
+        batch = batch_at(folder, step)
+        assert batch.shape == (b, length)
+        for row, (doc, offset) in zip(batch, train_docs[step * b:(step + 1) * b], strict=True):
+            start = starts[int(doc)] + int(offset)
+            assert np.array_equal(row, stream[start:start + length])
+
+
+@pytest.mark.parametrize("name", ["standard", "deduped"])
+def test_each_training_token_appears_once_per_epoch(built_data, name):
+    suite, out = built_data
+    folder = out / name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    per_epoch = manifest["counts"]["samples_per_epoch"]
+    assert manifest["counts"]["epochs"] > 1  # the test covers a whole epoch and the next
+    stream, starts = stream_and_starts(folder)
+    length = suite.data.seq_len + 1
+    train_docs = np.load(folder / "train_docs.npy")
+    positions = np.array([starts[int(d)] + int(o) for d, o in train_docs[:per_epoch]])
+    assert sorted(positions.tolist()) == list(range(0, per_epoch * length, length))
+    assert len(stream) - per_epoch * length == manifest["counts"]["dropped_tail_tokens"] < length
+    second = train_docs[per_epoch: 2 * per_epoch]
+    assert len(set(map(tuple, second.tolist()))) == len(second)  # no sample twice in an epoch
+    assert not np.array_equal(second[:50], train_docs[:50])  # each epoch its own order
+
+
+def test_held_out_documents_are_never_trained_on_and_the_same_in_both(built_data):
+    suite, out = built_data
+    standard = set(np.load(out / "standard" / "document_ids.npy").tolist())
+    deduped = set(np.load(out / "deduped" / "document_ids.npy").tolist())
+    assert (out / "standard" / "val.bin").read_bytes() == (out / "deduped" / "val.bin").read_bytes()
+    val = IndexedDataset(out / "standard" / "val")
+    manifest = json.loads((out / "standard" / "manifest.json").read_text())["counts"]
+    assert len(val) == manifest["validation_documents"] > 0
+    assert len(standard) + len(val) == suite.data.documents
+    assert deduped < standard
+    trained = {int(d) for d in np.load(out / "standard" / "train_docs.npy")["doc"]}
+    assert trained <= standard
+    tok = load_tokenizer(out / "standard")
+    corpus = [json.loads(line)["text"] for line in
+              (out / "synthetic" / "corpus.jsonl").read_text().splitlines()]
+    val_texts = {tok.decode(val[i][:-1].tolist()) for i in range(len(val))}
+    assert all(corpus[i] not in val_texts for i in standard)
+
+
+def test_deduplicated_dataset_drops_the_planted_copies(built_data):
+    _, out = built_data
+    meta = json.loads((out / "deduped" / "corpus.meta" / "documents.json").read_text())
+    removed = [json.loads(line) for line in
+               (out / "deduped" / "removed_duplicates.jsonl").read_text().splitlines()]
+    standard = set(np.load(out / "standard" / "document_ids.npy").tolist())
+    deduped = set(np.load(out / "deduped" / "document_ids.npy").tolist())
+    assert {r["doc"] for r in removed} == standard - deduped
+    # A planted copy is one whose group already appeared among the training documents (the
+    # first of a group may have been held out for validation).
+    planted, seen = set(), set()
+    for i in sorted(standard):
+        group = meta["group"][i]
+        if group >= 0 and group in seen:
+            planted.add(i)
+        seen.add(group)
+    dropped = {r["doc"] for r in removed}
+    assert len(dropped & planted) >= 0.98 * len(planted) and len(dropped - planted) <= 2
+    assert all(meta["group"][r["doc"]] == meta["group"][r["duplicate_of"]] for r in removed
+               if r["doc"] in planted)
+
+
+def test_manifest_records_hashes_parameters_and_counts(built_data):
+    import hashlib
+
+    suite, out = built_data
+    for name in ("standard", "deduped"):
+        m = json.loads((out / name / "manifest.json").read_text())
+        assert m["sha256"]["train.bin"] == hashlib.sha256(
+            (out / name / "train.bin").read_bytes()).hexdigest()
+        assert m["tokenizer"]["sha256"] == hashlib.sha256(
+            (out / name / "tokenizer.json").read_bytes()).hexdigest()
+        assert m["params"]["seed"] == suite.seed and m["params"]["data"]["seq_len"] == 32
+        assert m["counts"]["train_samples"] == suite.train.steps * suite.train.batch_size
+        assert m["sources"][0]["path"] == "synthetic/corpus.jsonl"
+        assert len(m["sources"][0]["sha256"]) == 64
+
+
+def test_same_config_gives_byte_identical_files_and_order_depends_only_on_data_and_seed(
+        built_data, tmp_path):
+    suite, out = built_data
+    other = dataclasses.replace(
+        suite, name="renamed", models=suite.models[:1],
+        train=dataclasses.replace(suite.train, micro_batch_size=2, checkpoint_every=7))
+    build_data(other, tmp_path / "again", progress=False)
+    for name in ("standard", "deduped"):
+        assert folder_bytes(out / name) == folder_bytes(tmp_path / "again" / name)
+    reseeded = dataclasses.replace(suite, seed=99)
+    build_data(reseeded, tmp_path / "seed99", progress=False)
+    assert (tmp_path / "seed99" / "standard" / "train.bin").read_bytes() != \
+        (out / "standard" / "train.bin").read_bytes()
+
+
+def test_finished_build_is_skipped_and_a_different_one_refused(built_data):
+    suite, out = built_data
+    before = (out / "standard" / "train.bin").stat().st_mtime_ns
+    build_data(suite, out, progress=False)
+    assert (out / "standard" / "train.bin").stat().st_mtime_ns == before
+    changed = dataclasses.replace(suite, data=dataclasses.replace(suite.data, seq_len=16))
+    with pytest.raises(LmsuiteError, match="built with other data settings"):
+        build_data(changed, out, progress=False)
+
+
+def test_build_killed_half_way_leaves_no_folder_that_looks_complete(tmp_path):
+    suite = small_suite(documents=3000)
+    config = tmp_path / "suite.toml"
+    save_suite(suite, config)
+    out = tmp_path / "data"
+    for delay in (1.0, 2.5, 4.0):
+        proc = subprocess.Popen([sys.executable, "-m", "lmsuite", "data", "build", str(config),
+                                 "--out", str(out)], stderr=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for name in ("standard", "deduped"):
+            manifest = out / name / "manifest.json"
+            # Either no dataset folder at all, or a complete one.
+            assert not (out / name).exists() or (manifest.is_file() and
+                                                 (out / name / "train.bin").is_file())
+    build_data(suite, out, progress=False)
+    assert not list(out.glob(".build-*"))
+    assert (out / "deduped" / "manifest.json").is_file()
+
+
+def test_batch_cli_saves_the_exact_batch_and_names_its_documents(built_data, tmp_path, capsys):
+    from lmsuite.cli import main
+
+    _, out = built_data
+    main(["batch", str(out / "standard"), "--step", "5", "--out", str(tmp_path / "b.npy"),
+          "--text", "--docs"])
+    printed = capsys.readouterr().out
+    assert np.array_equal(np.load(tmp_path / "b.npy"), batch_at(out / "standard", 5))
+    rows = batch_documents(out / "standard", 5, 8)
+    assert all(sum(d["tokens"] for d in row) == 33 for row in rows)
+    assert f"doc {rows[0][0]['doc']} from token {rows[0][0]['offset']}" in printed
+    assert "<|endoftext|>" in printed
+
+
+def test_step_past_the_end_is_a_clear_error(built_data):
+    suite, out = built_data
+    with pytest.raises(LmsuiteError, match=f"step {suite.train.steps} is past the end"):
+        batch_at(out / "standard", suite.train.steps)
+
+
+@pytest.mark.skipif(not PYTHIA_TOKENIZER.is_file(), reason="Pythia's tokenizer is not available")
+def test_build_with_pythias_tokenizer(tmp_path):
+    suite = small_suite(documents=300, tokenizer=str(PYTHIA_TOKENIZER), vocab_size=50277)
+    standard, _ = build_data(suite, tmp_path, progress=False)
+    m = json.loads((standard / "manifest.json").read_text())
+    assert m["tokenizer"]["vocab_size"] == 50277 and m["dtype"] == "uint16"
+    tok = load_tokenizer(standard)
+    assert tok.decode(batch_at(standard, 0)[0].tolist()).strip()
+
+
+def test_tokenizer_larger_than_the_configured_vocabulary_is_refused(tmp_path):
+    from lmsuite.data.tokenizer import save_tokenizer, train_tokenizer
+
+    save_tokenizer(train_tokenizer(["some words here and there"] * 20, 300), tmp_path / "tok")
+    suite = small_suite(documents=50, tokenizer=str(tmp_path / "tok" / "tokenizer.json"),
+                        vocab_size=258)
+    with pytest.raises(LmsuiteError, match="more than \\[data\\] vocab_size = 258"):
+        build_data(suite, tmp_path / "d", progress=False)
