@@ -63,3 +63,10 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
         main(["model", "info", str(tmp_path / "missing.toml"), "--debug"])
     assert e.value.code == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_data_synth_writes_the_corpus_and_its_ground_truth(tmp_path, capsys):
+    main(["data", "synth", "--out", str(tmp_path / "c.jsonl"), "--docs", "300", "--seed", "3"])
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    assert len(lines) == 300 and all("text" in json.loads(line) for line in lines)
+    assert (tmp_path / "c.meta" / "ground_truth.json").is_file()
