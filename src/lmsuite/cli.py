@@ -92,6 +92,25 @@ def cmd_batch(args: argparse.Namespace) -> None:
             print(f"row {i}: {held}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from lmsuite.config import load_suite
+    from lmsuite.train.trainer import train
+
+    suite = load_suite(args.config)
+    run_dir = Path(args.out) if args.out else default_run_dir(suite.name)
+    train(suite, args.model, args.dataset, run_dir, resume=args.resume, fsdp=args.fsdp,
+          progress=not args.no_progress)
+
+
+def cmd_suite(args: argparse.Namespace) -> None:
+    from lmsuite.config import load_suite
+    from lmsuite.train.suite import train_suite
+
+    suite = load_suite(args.config)
+    run_dir = Path(args.out) if args.out else default_run_dir(suite.name)
+    train_suite(suite, run_dir, progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmsuite", description="Train and study suites of language models, as Pythia.")
@@ -139,6 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--docs", action="store_true", help="print the documents in each row")
     batch.add_argument("--tokenizer", help="tokenizer.json for --text (default: the data's)")
     batch.set_defaults(func=cmd_batch)
+
+    train = commands.add_parser("train", parents=[common], help="train one model of a suite")
+    train.add_argument("config", help="suite TOML file")
+    train.add_argument("--model", required=True, help="name of the size to train")
+    train.add_argument("--dataset", choices=["standard", "deduped"], default="standard")
+    train.add_argument("--out", help="run folder (default runs/<suite>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint")
+    train.add_argument("--fsdp", action="store_true",
+                       help="shard the model with FSDP2 (under torchrun)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    suite = commands.add_parser("suite", parents=[common],
+                                help="train every size on both datasets (resumes)")
+    suite.add_argument("config", help="suite TOML file")
+    suite.add_argument("--out", help="run folder (default runs/<suite>)")
+    suite.add_argument("--no-progress", action="store_true", help="no progress bar")
+    suite.set_defaults(func=cmd_suite)
     return parser
 
 

@@ -180,6 +180,9 @@ class TrainConfig:
     """Clip the global gradient norm to this value; 0 turns clipping off."""
     precision: str = "fp32"
     """"fp32", or "bf16" for bf16 autocast on GPUs (weights and optimizer stay fp32)."""
+    keep_trainer_state: bool = True
+    """Keep the optimizer state in every checkpoint, so training can branch off any of them
+    (the intervention study does); false keeps it only in the newest (saves disk at scale)."""
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "micro_batch_size", "steps", "checkpoint_every", "adam_eps")

@@ -130,6 +130,7 @@ def test_manifest_records_hashes_parameters_and_counts(built_data):
         assert m["tokenizer"]["sha256"] == hashlib.sha256(
             (out / name / "tokenizer.json").read_bytes()).hexdigest()
         assert m["params"]["seed"] == suite.seed and m["params"]["data"]["seq_len"] == 32
+        assert m["batch_size"] == suite.train.batch_size
         assert m["counts"]["train_samples"] == suite.train.steps * suite.train.batch_size
         assert m["sources"][0]["path"] == "synthetic/corpus.jsonl"
         assert len(m["sources"][0]["sha256"]) == 64
@@ -220,3 +221,15 @@ def test_tokenizer_larger_than_the_configured_vocabulary_is_refused(tmp_path):
                         vocab_size=258)
     with pytest.raises(LmsuiteError, match="more than \\[data\\] vocab_size = 258"):
         build_data(suite, tmp_path / "d", progress=False)
+
+
+def test_a_longer_build_begins_with_the_samples_of_a_shorter_one(built_data, tmp_path):
+    suite, out = built_data
+    short = dataclasses.replace(suite, train=dataclasses.replace(suite.train, steps=100))
+    build_data(short, tmp_path, progress=False)
+    head = (tmp_path / "deduped" / "train.bin").read_bytes()
+    assert (out / "deduped" / "train.bin").read_bytes()[: len(head)] == head
+    assert len(head) == 100 * 8 * 33 * 2
+    build_data(suite, tmp_path, progress=False)  # more steps: rebuilt longer, same prefix
+    assert (tmp_path / "deduped" / "train.bin").read_bytes() == \
+        (out / "deduped" / "train.bin").read_bytes()

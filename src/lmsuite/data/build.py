@@ -41,9 +41,11 @@ def is_held_out(text: str, seed: int, fraction: float) -> bool:
 
 
 def build_params(suite: SuiteConfig) -> dict:
-    """Everything a built dataset depends on; two builds with equal params are equal."""
+    """What a built dataset's contents depend on, besides its length. Its length (steps x
+    batch_size samples) only appends: every epoch's order is fixed by the seed alone, so a
+    longer build begins with the samples of a shorter one."""
     return {"seed": suite.seed, "data": dataclasses.asdict(suite.data),
-            "train": {"batch_size": suite.train.batch_size, "steps": suite.train.steps}}
+            "batch_size": suite.train.batch_size}
 
 
 def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
@@ -57,16 +59,20 @@ def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _complete(out: Path, params: dict) -> bool:
-    """True when both datasets exist with these params; an error when they exist with others."""
+def _complete(out: Path, params: dict, samples: int) -> bool:
+    """True when both datasets exist with these params and enough samples; an error when they
+    exist with other params."""
     manifests = [out / name / "manifest.json" for name in DATASETS]
     if not all(m.is_file() for m in manifests):
         return False
+    enough = True
     for m in manifests:
-        if json.loads(m.read_text()).get("params") != params:
+        manifest = json.loads(m.read_text())
+        if manifest.get("params") != params:
             raise LmsuiteError(f"{m.parent}: built with other data settings than the config asks "
                                "for; choose another --out or delete it (or pass --force)")
-    return True
+        enough &= manifest["counts"]["train_samples"] >= samples
+    return enough
 
 
 def _remove_stale_builds(out: Path) -> None:
@@ -96,7 +102,8 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
     """
     out = Path(out)
     params = build_params(suite)
-    if not force and _complete(out, params):
+    total_samples = suite.train.steps * suite.train.batch_size
+    if not force and _complete(out, params, total_samples):
         return out / "standard", out / "deduped"
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out)
@@ -166,7 +173,6 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
                                 "similarity": round(similarity, 4)}) + "\n")
 
     # 4. Per dataset: the training order, the tokenizer, the metadata, the manifest.
-    total_samples = suite.train.steps * suite.train.batch_size
     sources = [{"path": str(p.relative_to(tmp)) if synthetic_meta else str(p),
                 "sha256": file_sha256(p)} for p in files]
     for name, folder in folders.items():
@@ -184,6 +190,7 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
             "lmsuite_version": __version__,
             "dataset": name,
             "params": params,
+            "batch_size": suite.train.batch_size,
             "seq_len": data.seq_len,
             "sources": sources,
             "tokenizer": {"sha256": hashlib.sha256((folder / "tokenizer.json").read_bytes())

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from lmsuite.data.tokenizer import save_tokenizer
+from lmsuite.data.tokenizer import load_tokenizer, save_tokenizer
 from lmsuite.errors import DataFormatError
 from lmsuite.model.neox import GPTNeoX, NeoXConfig
 
@@ -64,19 +64,29 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def save_model(model: GPTNeoX, folder: str | os.PathLike,
-               tokenizer: Tokenizer | None = None) -> None:
-    """Write `model` (and `tokenizer`) as an HF GPT-NeoX folder that transformers loads as is."""
+               tokenizer: Tokenizer | str | os.PathLike | None = None) -> None:
+    """Write `model` (and `tokenizer`) as an HF GPT-NeoX folder that transformers loads as is.
+
+    `tokenizer` is a `tokenizers.Tokenizer`, or the path of a tokenizer.json or its folder.
+    """
+    save_weights(model.state_dict(), model.config, folder, tokenizer)
+
+
+def save_weights(state: dict[str, torch.Tensor], cfg: NeoXConfig, folder: str | os.PathLike,
+                 tokenizer: Tokenizer | str | os.PathLike | None = None) -> None:
+    """`save_model` for a state dict already gathered (e.g. from a sharded model)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if cfg.tie_embeddings:
-        del state["embed_out.weight"]
+        state.pop("embed_out.weight", None)
     tmp = folder / f".model.safetensors.tmp-{os.getpid()}"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, folder / "model.safetensors")
     _write_json(folder / "config.json", hf_config(cfg))
     if tokenizer is not None:
+        if not isinstance(tokenizer, Tokenizer):
+            tokenizer = load_tokenizer(tokenizer)
         save_tokenizer(tokenizer, folder, max_length=cfg.max_positions)
 
 

@@ -1,0 +1,1 @@
+"""Training: the learning-rate and checkpoint schedules, checkpoints, the loop and suites."""

@@ -1,0 +1,137 @@
+"""Checkpoints: an HF folder per step with trainer state beside it, written atomically; the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from lmsuite.errors import DataFormatError, LmsuiteError
+from lmsuite.model.hf import save_weights
+from lmsuite.model.neox import NeoXConfig
+
+STEP = re.compile(r"^step(\d+)$")
+
+
+def checkpoint_dir(model_dir: Path, step: int) -> Path:
+    return model_dir / f"step{step}"
+
+
+def list_checkpoints(model_dir: Path, with_trainer_state: bool = False) -> list[int]:
+    """Steps of the complete checkpoints in `model_dir` (renamed into place, so whole)."""
+    if not model_dir.is_dir():
+        return []
+    steps = []
+    for path in model_dir.iterdir():
+        match = STEP.match(path.name)
+        if match and (path / "model.safetensors").is_file() and (
+                not with_trainer_state or (path / "trainer_state" / "state.json").is_file()):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConfig,
+                    tokenizer: Tokenizer, optimizer_state: dict, state: dict) -> Path:
+    """Write step<step>/ (HF folder + trainer_state/) under a temporary name, then rename it."""
+    final = checkpoint_dir(model_dir, step)
+    tmp = model_dir / f".step{step}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_weights(model_state, cfg, tmp, tokenizer)
+    trainer = tmp / "trainer_state"
+    trainer.mkdir()
+    torch.save(optimizer_state, trainer / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    torch.save(rng, trainer / "rng.pt")
+    (trainer / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    if final.exists():  # a re-run of a step that was saved before: replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def drop_trainer_state(model_dir: Path, keep: int) -> None:
+    """Delete the optimizer state of every checkpoint but step `keep` (weights stay)."""
+    for step in list_checkpoints(model_dir, with_trainer_state=True):
+        if step != keep:
+            shutil.rmtree(checkpoint_dir(model_dir, step) / "trainer_state")
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    """(model state, optimizer state, trainer state) of a checkpoint; tensors only, loaded
+    with weights_only=True, so no pickled code ever runs. Restores the RNG states too."""
+    trainer = path / "trainer_state"
+    try:
+        state = json.loads((trainer / "state.json").read_text())
+        optimizer = torch.load(trainer / "optimizer.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(trainer / "rng.pt", map_location="cpu", weights_only=True)
+        model = load_file(str(path / "model.safetensors"))
+    except (OSError, json.JSONDecodeError, RuntimeError, pickle.UnpicklingError) as e:
+        raise DataFormatError(f"{path}: unreadable checkpoint ({e})") from None
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+    return model, optimizer, state
+
+
+def remove_stale_temporaries(model_dir: Path) -> None:
+    """Delete half-written checkpoints left by a killed run."""
+    for tmp in model_dir.glob(".step*.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ModelLock:
+    """One trainer per model folder: `.lock` holds host and pid; a stale lock (its process is
+    gone) is taken over."""
+
+    def __init__(self, model_dir: Path):
+        self.path = model_dir / ".lock"
+        self.owner = f"{socket.gethostname()} {os.getpid()}"
+
+    def _holder_alive(self) -> tuple[bool, str]:
+        try:
+            holder = self.path.read_text().strip()
+        except FileNotFoundError:
+            return False, ""
+        host, _, pid = holder.partition(" ")
+        if host != socket.gethostname() or not pid.isdigit():
+            return True, holder  # another machine's lock: cannot tell, so respect it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False, holder
+        except PermissionError:
+            pass
+        return True, holder
+
+    def __enter__(self) -> ModelLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                alive, holder = self._holder_alive()
+                if alive:
+                    raise LmsuiteError(f"{self.path.parent}: another trainer ({holder}) is "
+                                       f"training this model; lock file {self.path}") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+            return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.path.read_text().strip() == self.owner:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass

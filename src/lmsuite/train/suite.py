@@ -1,0 +1,22 @@
+"""Every size of a suite on both datasets: skip finished models, resume unfinished ones."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmsuite.config import SuiteConfig
+from lmsuite.train.trainer import DATASETS, is_finished, train
+
+
+def train_suite(suite: SuiteConfig, run_dir: str | os.PathLike,
+                progress: bool = True) -> list[Path]:
+    """Train (or finish) all 2 x len(models) runs of the suite; returns their folders."""
+    folders = []
+    for size in suite.models:
+        for dataset in DATASETS:
+            if is_finished(Path(run_dir), suite, size.name, dataset):
+                continue
+            folders.append(train(suite, size.name, dataset, run_dir, resume=True,
+                                 progress=progress))
+    return folders

@@ -1,0 +1,243 @@
+"""The training loop: step s trains on batch_at(s), checkpoints on Pythia's schedule, resumes
+bit for bit, and runs data parallel under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lmsuite import __version__
+from lmsuite.config import ModelConfig, SuiteConfig
+from lmsuite.data.build import build_data
+from lmsuite.data.order import batch_at, read_manifest
+from lmsuite.data.tokenizer import load_tokenizer
+from lmsuite.errors import LmsuiteError
+from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size
+from lmsuite.train import distributed as dist
+from lmsuite.train.checkpoint import (
+    ModelLock,
+    checkpoint_dir,
+    drop_trainer_state,
+    list_checkpoints,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from lmsuite.train.schedule import checkpoint_steps, lr_at
+
+DATASETS = ("standard", "deduped")
+
+
+def model_folder_name(model: str, dataset: str) -> str:
+    """`<model>` for the standard dataset, `<model>-deduped` for the deduplicated one."""
+    return model if dataset == "standard" else f"{model}-deduped"
+
+
+def is_finished(run_dir: Path, suite: SuiteConfig, model: str, dataset: str) -> bool:
+    folder = Path(run_dir) / model_folder_name(model, dataset)
+    return suite.train.steps in list_checkpoints(folder)
+
+
+def ensure_data(suite: SuiteConfig, run_dir: Path, dataset: str, world: dist.World) -> Path:
+    """RUN_DIR/data/<dataset>, built first (by rank 0) when it is missing."""
+    if dataset not in DATASETS:
+        raise LmsuiteError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    data_dir = run_dir / "data"
+    if world.main:
+        build_data(suite, data_dir)
+    dist.barrier(world)
+    return data_dir / dataset
+
+
+def check_data(data_dir: Path, suite: SuiteConfig, cfg: NeoXConfig) -> dict:
+    """The dataset's manifest, once it is known to fit this model and schedule."""
+    manifest = read_manifest(data_dir)
+    if manifest is None:
+        raise LmsuiteError(f"{data_dir}: no manifest.json; not a dataset built by lmsuite")
+    if manifest["seq_len"] != suite.data.seq_len:
+        raise LmsuiteError(f"{data_dir}: samples hold seq_len {manifest['seq_len']} (+1) tokens, "
+                           f"the config asks for seq_len {suite.data.seq_len}")
+    vocab = manifest["tokenizer"]["vocab_size"]
+    if vocab > cfg.vocab_size:
+        raise LmsuiteError(f"{data_dir}: the dataset's vocabulary ({vocab} tokens) exceeds the "
+                           f"model's ({cfg.vocab_size})")
+    needed = suite.train.steps * suite.train.batch_size
+    if manifest["counts"]["train_samples"] < needed:
+        raise LmsuiteError(f"{data_dir}: holds {manifest['counts']['train_samples']} samples, "
+                           f"training needs {needed} (steps x batch_size); rebuild the data")
+    return manifest
+
+
+def make_optimizer(model: torch.nn.Module, size: ModelConfig, suite: SuiteConfig,
+                   fused: bool) -> torch.optim.AdamW:
+    """AdamW as GPT-NeoX sets it up: no weight decay on biases and LayerNorm parameters."""
+    t = suite.train
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=size.lr, betas=(t.adam_beta1, t.adam_beta2),
+                             eps=t.adam_eps, fused=fused)
+
+
+class Trainer:
+    """Trains one size of a suite on one of its datasets into RUN_DIR/<model>[-deduped]/."""
+
+    def __init__(self, suite: SuiteConfig, model: str, dataset: str, run_dir: str | os.PathLike,
+                 fsdp: bool = False, progress: bool = True):
+        self.suite, self.size = suite, suite.model(model)
+        self.dataset, self.fsdp, self.progress = dataset, fsdp, progress
+        self.run_dir = Path(run_dir)
+        self.model_dir = self.run_dir / model_folder_name(model, dataset)
+        self.world = dist.init_world()
+        self.cfg = config_for_size(self.size, suite.data.vocab_size, suite.data.seq_len)
+
+    # --- pieces of a step -------------------------------------------------------------------
+
+    def micro_batches(self, step: int) -> list[torch.Tensor]:
+        """This rank's rows of batch_at(step), cut into micro-batches, as int64 tensors."""
+        t = self.suite.train
+        rows = batch_at(self.data_dir, step, t.batch_size)[self.world.rows(t.batch_size)]
+        tokens = torch.from_numpy(rows.astype(np.int64)).to(self.world.device)
+        return list(tokens.split(t.micro_batch_size))
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer update on batch_at(step); returns (mean loss, gradient norm)."""
+        t = self.suite.train
+        lr = lr_at(step, self.size.lr, t.steps, t.warmup_fraction, t.min_lr_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = self.micro_batches(step)
+        total = torch.zeros((), device=self.world.device)
+        bf16 = t.precision == "bf16" and self.world.device.type == "cuda"
+        for i, tokens in enumerate(micro):
+            with (dist.no_gradient_sync(self.model, sync=i == len(micro) - 1),
+                  torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)):
+                _, loss = self.model(tokens[:, :-1], labels=tokens[:, 1:])
+                (loss / len(micro)).backward()
+            total += loss.detach()
+        max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = dist.mean_over_ranks(total / len(micro), self.world)
+        return float(loss), dist.grad_norm_value(norm)
+
+    def save(self, step: int, elapsed: float) -> None:
+        model_state, optimizer_state = dist.full_state(self.model, self.optimizer)
+        if self.world.main:
+            state = {"step": step, "tokens": step * self.tokens_per_step, "elapsed_s": elapsed,
+                     "suite": self.suite.name, "model": self.size.name, "dataset": self.dataset,
+                     "world_size": self.world.size, "lmsuite_version": __version__,
+                     "train_bin_sha256": self.manifest["sha256"]["train.bin"]}
+            save_checkpoint(self.model_dir, step, model_state, self.cfg, self.tokenizer,
+                            optimizer_state, state)
+            if not self.suite.train.keep_trainer_state:
+                drop_trainer_state(self.model_dir, keep=step)
+        dist.barrier(self.world)
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def setup(self, resume: bool) -> int:
+        """Build the model and optimizer, restore the newest checkpoint when resuming; returns
+        the step to continue from."""
+        self.data_dir = ensure_data(self.suite, self.run_dir, self.dataset, self.world)
+        self.manifest = check_data(self.data_dir, self.suite, self.cfg)
+        self.tokenizer = load_tokenizer(self.data_dir)
+        self.tokens_per_step = self.suite.train.batch_size * self.suite.data.seq_len
+        if self.world.device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        model = GPTNeoX(self.cfg)
+        model.init_weights(self.suite.seed)
+        self.model = dist.wrap(model.to(self.world.device), self.world, self.fsdp)
+        self.optimizer = make_optimizer(self.model, self.size, self.suite, fused=not self.fsdp)
+        saved = list_checkpoints(self.model_dir, with_trainer_state=True)
+        if saved and not resume:
+            raise LmsuiteError(f"{self.model_dir}: already holds checkpoints (up to step "
+                               f"{saved[-1]}); pass --resume to continue it")
+        if not saved:
+            return 0
+        model_state, optimizer_state, state = load_checkpoint(
+            checkpoint_dir(self.model_dir, saved[-1]))
+        dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
+        self.elapsed_before = state["elapsed_s"]
+        return saved[-1]
+
+    def run(self, resume: bool = False) -> Path:
+        """Train to the last step (or resume from the newest checkpoint); returns the folder."""
+        try:
+            if self.world.main:
+                self.model_dir.mkdir(parents=True, exist_ok=True)
+            with ModelLock(self.model_dir) if self.world.main else nullcontext():
+                if self.world.main:
+                    remove_stale_temporaries(self.model_dir)
+                self.elapsed_before = 0.0
+                start = self.setup(resume)
+                self._loop(start)
+        finally:
+            dist.close_world(self.world)
+        return self.model_dir
+
+    def _loop(self, start: int) -> None:
+        t = self.suite.train
+        if start >= t.steps:
+            if self.world.main:
+                print(f"{self.model_dir}: finished already (step {start})")
+            return
+        saves = set(checkpoint_steps(t.steps, t.checkpoint_every, t.log_checkpoints))
+        metrics = self.model_dir / "metrics.jsonl"
+        if self.world.main:
+            _truncate_metrics(metrics, start)
+        if start == 0:
+            self.save(0, 0.0)
+        began = time.perf_counter()
+        bar = tqdm(total=t.steps, initial=start, unit="step", desc=self.model_dir.name,
+                   disable=not (self.progress and self.world.main), dynamic_ncols=True)
+        with open(metrics, "a") if self.world.main else nullcontext() as log:
+            for step in range(start, t.steps):
+                tick = time.perf_counter()
+                loss, grad_norm = self.train_step(step)
+                took = time.perf_counter() - tick
+                elapsed = self.elapsed_before + time.perf_counter() - began
+                if self.world.main:
+                    row = {"step": step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                           "grad_norm": grad_norm, "tokens": (step + 1) * self.tokens_per_step,
+                           "tokens_per_s": self.tokens_per_step / took, "elapsed_s": elapsed}
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
+                                    refresh=False)
+                bar.update(1)
+                if step + 1 in saves:
+                    self.save(step + 1, elapsed)
+        bar.close()
+
+
+def _truncate_metrics(path: Path, start: int) -> None:
+    """Keep the rows of steps before `start`: a killed run may have logged steps past its last
+    checkpoint, which the resumed run trains again."""
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < start:
+                rows.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the torn last line of a run killed while writing it
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(row + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
+def train(suite: SuiteConfig, model: str, dataset: str, run_dir: str | os.PathLike,
+          resume: bool = False, fsdp: bool = False, progress: bool = True) -> Path:
+    """Train one model of the suite on one dataset; see `Trainer`."""
+    return Trainer(suite, model, dataset, run_dir, fsdp=fsdp, progress=progress).run(resume)

@@ -1,0 +1,92 @@
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmsuite.data.tokenizer import train_tokenizer
+from lmsuite.errors import DataFormatError, LmsuiteError
+from lmsuite.model.neox import GPTNeoX, NeoXConfig
+from lmsuite.train import checkpoint as ckpt
+
+
+@pytest.fixture
+def parts():
+    cfg = NeoXConfig(vocab_size=256, layers=1, d_model=16, heads=2)
+    model = GPTNeoX(cfg)
+    model.init_weights(0)
+    opt = torch.optim.AdamW(model.parameters())
+    tok = train_tokenizer(["a few words to learn from"] * 5, 260)
+    return cfg, model, opt, tok
+
+
+def save(tmp_path, parts, step):
+    cfg, model, opt, tok = parts
+    return ckpt.save_checkpoint(tmp_path, step, model.state_dict(), cfg, tok, opt.state_dict(),
+                                {"step": step})
+
+
+def test_checkpoint_round_trips_weights_optimizer_and_rng(tmp_path, parts):
+    path = save(tmp_path, parts, 3)
+    expected_rng = torch.get_rng_state()
+    torch.rand(5)
+    model_state, optimizer_state, state = ckpt.load_checkpoint(path)
+    assert state == {"step": 3}
+    assert torch.equal(torch.get_rng_state(), expected_rng)
+    for k, v in parts[1].state_dict().items():
+        assert torch.equal(model_state[k], v)
+    assert optimizer_state["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [3]
+
+
+def test_a_crash_while_writing_leaves_no_checkpoint(tmp_path, parts, monkeypatch):
+    save(tmp_path, parts, 1)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    with pytest.raises(OSError):
+        save(tmp_path, parts, 2)
+    assert ckpt.list_checkpoints(tmp_path) == [1]
+    assert not (tmp_path / "step2").exists()
+    assert list(tmp_path.glob(".step2.tmp-*"))  # the half-written one, under another name
+    ckpt.remove_stale_temporaries(tmp_path)
+    assert not list(tmp_path.glob(".step*"))
+
+
+def test_trainer_state_is_loaded_with_weights_only(tmp_path, parts):
+    path = save(tmp_path, parts, 1)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    with open(path / "trainer_state" / "optimizer.pt", "wb") as f:
+        pickle.dump(Payload(), f)
+    with pytest.raises(DataFormatError, match="unreadable checkpoint"):
+        ckpt.load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_drop_trainer_state_keeps_weights_everywhere(tmp_path, parts):
+    for step in (0, 1, 2):
+        save(tmp_path, parts, step)
+    ckpt.drop_trainer_state(tmp_path, keep=2)
+    assert ckpt.list_checkpoints(tmp_path) == [0, 1, 2]
+    assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [2]
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    with ckpt.ModelLock(tmp_path), pytest.raises(LmsuiteError, match="another trainer"):
+        ckpt.ModelLock(tmp_path).__enter__()
+    assert not (tmp_path / ".lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    import socket
+
+    (tmp_path / ".lock").write_text(f"{socket.gethostname()} {dead}\n")
+    with ckpt.ModelLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().split()[1] == str(os.getpid())

@@ -1,0 +1,93 @@
+"""Data parallel training on the CPU: 2 gloo processes against 1 process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from lmsuite.config import save_suite
+from lmsuite.data.order import batch_at
+from lmsuite.model import read_model_config
+from lmsuite.train.trainer import Trainer
+from tests.conftest import assert_weights_close, run_dir_with_data, training_suite
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_recording(suite, run_dir, record: str, fsdp: bool = False) -> None:
+    """Train s1 on the standard data, writing {step: rows this process trained on}."""
+    seen: dict[int, list] = {}
+    original = Trainer.micro_batches
+
+    def recording(self, step):
+        micro = original(self, step)
+        seen.setdefault(step, []).extend(row for t in micro for row in t.tolist())
+        return micro
+
+    Trainer.micro_batches = recording
+    try:
+        Trainer(suite, "s1", "standard", run_dir, fsdp=fsdp, progress=False).run()
+    finally:
+        Trainer.micro_batches = original
+    with open(record, "w") as f:
+        json.dump(seen, f)
+
+
+def _worker(rank, world, port, suite, run_dir, record_dir, fsdp):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    train_recording(suite, run_dir, f"{record_dir}/rank{rank}.json", fsdp)
+
+
+def spawn(world, suite, run_dir, record_dir, fsdp=False):
+    mp.spawn(_worker, args=(world, free_port(), suite, run_dir, record_dir, fsdp),
+             nprocs=world, join=True)
+
+
+def weights(run_dir, step):
+    return load_file(run_dir / "s1" / f"step{step}" / "model.safetensors")
+
+
+def test_two_processes_train_on_the_same_samples_as_one(built_data, tmp_path):
+    suite = training_suite(built_data, steps=10, micro_batch_size=2)
+    single = run_dir_with_data(built_data, tmp_path / "single")
+    train_recording(suite, single, str(tmp_path / "single.json"))
+    double = run_dir_with_data(built_data, tmp_path / "double")
+    spawn(2, suite, double, str(tmp_path))
+    one = json.loads((tmp_path / "single.json").read_text())
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    data = single / "data" / "standard"
+    for step in map(str, range(10)):
+        rows = batch_at(data, int(step)).tolist()
+        assert one[step] == rows
+        assert ranks[0][step] == rows[:4] and ranks[1][step] == rows[4:]
+    cfg = read_model_config(single / "s1" / "step10")
+    assert_weights_close(weights(single, 10), weights(double, 10), cfg)
+    # Only rank 0 writes: one metrics row per step.
+    assert len((double / "s1" / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def test_torchrun_fsdp_matches_one_process(built_data, tmp_path):
+    suite = training_suite(built_data, steps=10, micro_batch_size=4)
+    config = tmp_path / "suite.toml"
+    save_suite(suite, config)
+    single = run_dir_with_data(built_data, tmp_path / "single")
+    Trainer(suite, "s1", "standard", single, progress=False).run()
+    sharded = run_dir_with_data(built_data, tmp_path / "sharded")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", str(free_port()), "-m", "lmsuite", "train", str(config),
+                    "--model", "s1", "--out", str(sharded), "--fsdp", "--no-progress"],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cfg = read_model_config(single / "s1" / "step10")
+    for step in (0, 4, 10):
+        assert_weights_close(weights(single, step), weights(sharded, step), cfg)

@@ -1,0 +1,148 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import GPTNeoXForCausalLM
+
+from lmsuite import load_model
+from lmsuite.config import save_suite
+from lmsuite.data.order import batch_at
+from lmsuite.errors import LmsuiteError
+from lmsuite.model import read_model_config
+from lmsuite.model.neox import config_for_size
+from lmsuite.train.checkpoint import ModelLock, list_checkpoints
+from lmsuite.train.trainer import Trainer, check_data, train
+from tests.conftest import assert_weights_close, run_dir_with_data, training_suite
+
+
+def recorded_training(suite, run_dir, model="s1", monkeypatch=None):
+    """Train and return {step: rows fed to the model}."""
+    seen: dict[int, list] = {}
+    original = Trainer.micro_batches
+
+    def recording(self, step):
+        micro = original(self, step)
+        seen.setdefault(step, []).extend(row for t in micro for row in t.tolist())
+        return micro
+
+    monkeypatch.setattr(Trainer, "micro_batches", recording)
+    train(suite, model, "standard", run_dir, progress=False)
+    monkeypatch.undo()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def trained(built_data, tmp_path_factory):
+    suite = training_suite(built_data)
+    run_dir = run_dir_with_data(built_data, tmp_path_factory.mktemp("run"))
+    train(suite, "s2", "deduped", run_dir, progress=False)
+    return suite, run_dir
+
+
+def test_checkpoints_follow_pythias_schedule_and_metrics_log_every_step(trained):
+    suite, run_dir = trained
+    folder = run_dir / "s2-deduped"
+    assert list_checkpoints(folder) == [0, 1, 2, 4, 8, 10, 16, 20, 30, 32, 40]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(40))
+    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s",
+                            "elapsed_s"}
+    assert rows[-1]["tokens"] == 40 * 8 * 32
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5  # it learns
+    assert not (folder / ".lock").exists()
+
+
+def test_every_checkpoint_loads_in_transformers_with_lmsuites_logits(trained):
+    _, run_dir = trained
+    tokens = torch.from_numpy(batch_at(run_dir / "data" / "deduped", 3)[:2].astype(np.int64))
+    for step in list_checkpoints(run_dir / "s2-deduped"):
+        folder = run_dir / "s2-deduped" / f"step{step}"
+        hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(hf(input_ids=tokens).logits, load_model(folder)(tokens),
+                                       atol=1e-5, rtol=0)
+
+
+def test_step_s_trains_on_batch_at_s_whatever_the_micro_batch_size(built_data, tmp_path,
+                                                                   monkeypatch):
+    whole = training_suite(built_data, steps=12, micro_batch_size=8)
+    quarters = training_suite(built_data, steps=12, micro_batch_size=2)
+    seen_whole = recorded_training(whole, run_dir_with_data(built_data, tmp_path / "a"),
+                                   monkeypatch=monkeypatch)
+    seen_quarters = recorded_training(quarters, run_dir_with_data(built_data, tmp_path / "b"),
+                                      monkeypatch=monkeypatch)
+    data = tmp_path / "a" / "data" / "standard"
+    for step in range(12):
+        assert seen_whole[step] == seen_quarters[step] == batch_at(data, step).tolist()
+    a = load_file(tmp_path / "a" / "s1" / "step12" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "s1" / "step12" / "model.safetensors")
+    assert_weights_close(a, b, read_model_config(tmp_path / "a" / "s1" / "step12"))
+
+
+def cli(config, run_dir, *extra):
+    return [sys.executable, "-m", "lmsuite", "train", str(config), "--model", "s2",
+            "--out", str(run_dir), "--no-progress", *extra]
+
+
+def metric_rows(run_dir):
+    path = run_dir / "s2" / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_resume_after_kill_is_bitwise_identical(built_data, tmp_path):
+    suite = training_suite(built_data, steps=120, checkpoint_every=25)
+    config = tmp_path / "suite.toml"
+    save_suite(suite, config)
+    straight = run_dir_with_data(built_data, tmp_path / "straight")
+    subprocess.run(cli(config, straight), check=True)
+    killed = run_dir_with_data(built_data, tmp_path / "killed")
+    for kill_after in (37, 90):  # between checkpoints (32 and 50; 75 and 100)
+        proc = subprocess.Popen(cli(config, killed, "--resume"))
+        while metric_rows(killed) < kill_after and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert suite.train.steps not in list_checkpoints(killed / "s2")
+    subprocess.run(cli(config, killed, "--resume"), check=True)
+    steps = list_checkpoints(straight / "s2")
+    assert list_checkpoints(killed / "s2") == steps
+    for step in steps:
+        a = (straight / "s2" / f"step{step}" / "model.safetensors").read_bytes()
+        b = (killed / "s2" / f"step{step}" / "model.safetensors").read_bytes()
+        assert a == b, f"step {step} differs"
+    rows = [json.loads(line) for line in (killed / "s2" / "metrics.jsonl").read_text().split("\n")
+            if line]
+    assert [r["step"] for r in rows] == list(range(120))
+    straight_rows = [json.loads(line) for line in
+                     (straight / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows]
+    done = subprocess.run(cli(config, killed, "--resume"), capture_output=True, text=True)
+    assert done.returncode == 0 and "finished already" in done.stdout
+
+
+def test_existing_run_without_resume_and_held_lock_are_refused(trained):
+    suite, run_dir = trained
+    with pytest.raises(LmsuiteError, match="pass --resume"):
+        train(suite, "s2", "deduped", run_dir, progress=False)
+    with ModelLock(run_dir / "s2-deduped"), pytest.raises(LmsuiteError, match="another trainer"):
+        train(suite, "s2", "deduped", run_dir, resume=True, progress=False)
+
+
+def test_data_that_does_not_fit_the_model_is_a_clear_error(built_data):
+    import dataclasses
+
+    suite, data = built_data
+    size = suite.models[0]
+    small_vocab = config_for_size(dataclasses.replace(size, vocab_multiple=1), 300, 32)
+    with pytest.raises(LmsuiteError, match=r"vocabulary \(512 tokens\) exceeds the model's"):
+        check_data(data / "standard", suite, small_vocab)
+    other_len = dataclasses.replace(suite, data=dataclasses.replace(suite.data, seq_len=64))
+    cfg = config_for_size(size, 512, 64)
+    with pytest.raises(LmsuiteError, match="seq_len 32 .* the config asks for seq_len 64"):
+        check_data(data / "standard", other_len, cfg)
