@@ -83,3 +83,14 @@ def assert_weights_close(a: dict, b: dict, cfg, rel: float = 1e-5) -> None:
             x, y = x[keep.flatten()], y[keep.flatten()]
         diff = (x - y).norm().item()
         assert diff <= rel * x.norm().item(), f"{key}: |a-b| = {diff:.3g}, |a| = {x.norm():.3g}"
+
+
+@pytest.fixture(scope="session")
+def small_run(built_data, tmp_path_factory):
+    """(suite, run folder) with s1 trained 20 steps on the standard data."""
+    from lmsuite.train.trainer import train
+
+    suite = training_suite(built_data, steps=20, checkpoint_every=10)
+    run_dir = run_dir_with_data(built_data, tmp_path_factory.mktemp("small_run"))
+    train(suite, "s1", "standard", run_dir, progress=False)
+    return suite, run_dir

@@ -111,6 +111,17 @@ def cmd_suite(args: argparse.Namespace) -> None:
     train_suite(suite, run_dir, progress=not args.no_progress)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from lmsuite.evaluate.runner import evaluate
+
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks is not None else None
+    harness = [t for t in args.harness.split(",") if t] if args.harness else None
+    path = evaluate(args.target, tasks=tasks, steps=args.steps, results=args.results,
+                    data=args.data, lambada_file=args.lambada, harness=harness,
+                    progress=not args.no_progress)
+    print(f"results in {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmsuite", description="Train and study suites of language models, as Pythia.")
@@ -177,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--out", help="run folder (default runs/<suite>)")
     suite.add_argument("--no-progress", action="store_true", help="no progress bar")
     suite.set_defaults(func=cmd_suite)
+
+    evaluate = commands.add_parser("eval", parents=[common],
+                                   help="evaluate checkpoints; rows go to results/eval.jsonl")
+    evaluate.add_argument("target",
+                          help="a run folder, one model folder, or any HF GPT-NeoX folder")
+    evaluate.add_argument("--tasks", help="comma-separated: lambada, perplexity, arithmetic, "
+                          "facts, pronouns, stereotypes (default: all); empty for none")
+    evaluate.add_argument("--steps", default="all",
+                          help="all, log (0, powers of two, last) or a list like 0,100,200")
+    evaluate.add_argument("--results", help="results file (default: <run>/results/eval.jsonl)")
+    evaluate.add_argument("--data", help="dataset folder for items and held-out documents "
+                          "(default: the run's data/standard)")
+    evaluate.add_argument("--lambada", help="jsonl with a text field to use for lambada "
+                          "(e.g. the lambada_openai test file)")
+    evaluate.add_argument("--harness", help="comma-separated lm-evaluation-harness tasks "
+                          "(lmsuite_lambada, lmsuite_arithmetic, or tasks in the local cache)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

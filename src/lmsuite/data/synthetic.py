@@ -253,9 +253,10 @@ class _Generator:
                 for male in (True, False):
                     name = _pick(rng, MALE_NAMES if male else FEMALE_NAMES)
                     gold = "he" if male else "she"
+                    probe = template.format(occ=occ)
                     pronouns.append({
-                        "occupation": occ, "context": f"{name} was {_article(occ)}. "
-                        + template.format(occ=occ), "gold": gold, "stereotype": stereotype,
+                        "occupation": occ, "context": f"{name} was {_article(occ)}. {probe}",
+                        "probe": probe, "gold": gold, "stereotype": stereotype,
                         "type": None if stereotype is None else
                         ("pro" if gold == stereotype else "anti")})
             if stereotype is not None:

@@ -14,13 +14,15 @@ from lmsuite.config import ModelConfig
 # --- rotary position embedding ------------------------------------------------------------
 
 
-def rotary_tables(seq_len: int, rotary_dims: int, base: float, device=None):
-    """cos and sin of shape (seq, 2 * ceil(rotary_dims / 2)), as Hugging Face computes them."""
+def rotary_tables(seq_len: int, rotary_dims: int, base: float, device=None, start: int = 0):
+    """cos and sin for positions start .. start + seq_len - 1, of shape
+    (seq, 2 * ceil(rotary_dims / 2)), as Hugging Face computes them."""
     # An odd rotary_dims still yields ceil(dims / 2) frequencies, each used twice: HF does the
     # same, so the rotated width is rounded up to even.
     exponents = torch.arange(0, rotary_dims, 2, device=device).float() / rotary_dims
     inv_freq = 1.0 / (base**exponents)
-    freqs = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
+    positions = torch.arange(start, start + seq_len, device=device).float()
+    freqs = torch.outer(positions, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
@@ -46,13 +48,22 @@ class NeoXAttention(nn.Module):
         self.query_key_value = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.attention_bias)
         self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attention_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
         b, t, d = x.shape
         qkv = self.query_key_value(x).view(b, t, self.heads, 3 * self.head_dim)
         qkv = qkv.transpose(1, 2)  # (batch, heads, seq, 3 * head_dim)
         q, k, v = qkv.split(self.head_dim, dim=-1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, heads, seq, head_dim)
+        if kv is not None:  # incremental decoding: attend to the cached keys too
+            if kv[0] is not None:
+                k, v = torch.cat((kv[0], k), dim=2), torch.cat((kv[1], v), dim=2)
+            kv[:] = [k, v]  # (batch, heads, past + seq, head_dim)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # y: (batch, heads, seq, head_dim)
         return self.dense(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -76,8 +87,9 @@ class NeoXLayer(nn.Module):
         self.attention = NeoXAttention(cfg)
         self.mlp = NeoXMLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        attn = self.attention(self.input_layernorm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
+        attn = self.attention(self.input_layernorm(x), cos, sin, mask, kv)
         if self.parallel_residual:
             return x + attn + self.mlp(self.post_attention_layernorm(x))
         x = x + attn
@@ -135,6 +147,28 @@ class NeoXConfig:
         return int((self.d_model // self.heads) * self.rotary_pct)
 
 
+class KVCache:
+    """Keys and values of the tokens seen so far, one [k, v] pair per layer."""
+
+    def __init__(self, layers: int):
+        self.layers: list[list] = [[None, None] for _ in range(layers)]
+
+    @property
+    def length(self) -> int:
+        k = self.layers[0][0]
+        return 0 if k is None else k.shape[2]
+
+
+def attention_mask(padding: torch.Tensor, seq: int, start: int) -> torch.Tensor:
+    """(batch, 1, seq, start + seq) True where a query may attend: earlier or same positions
+    that are not padding. A padding query still sees itself, so no softmax row is empty."""
+    total = start + seq
+    query = torch.arange(start, total, device=padding.device)[:, None]
+    key = torch.arange(total, device=padding.device)[None, :]
+    allowed = (key <= query)[None] & ~padding[:, None, :]
+    return (allowed | (key == query)[None])[:, None]
+
+
 class NeoXModel(nn.Module):
     """The trunk, named as HF's `GPTNeoXModel` so that state dict keys match."""
 
@@ -156,18 +190,30 @@ class GPTNeoX(nn.Module):
         if cfg.tie_embeddings:
             self.embed_out.weight = self.gpt_neox.embed_in.weight
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                cache: KVCache | None = None, padding: torch.Tensor | None = None):
         """Logits (batch, seq, vocab); with `labels` (batch, seq), also the mean cross-entropy.
 
         `labels[:, t]` is the token that should follow `input_ids[:, t]` (already shifted, as
         a training sample's `[1:]`); positions labelled -100 are ignored.
+
+        For incremental decoding, `cache` holds the keys and values of earlier calls, and
+        `padding` (batch, past + seq) marks left-padding tokens that no position may attend to.
         """
         cfg = self.config
+        t = input_ids.shape[1]
+        start = 0 if cache is None else cache.length
         x = self.gpt_neox.embed_in(input_ids)  # (batch, seq, d_model)
-        cos, sin = rotary_tables(input_ids.shape[1], cfg.rotary_dims, cfg.rotary_base, x.device)
+        cos, sin = rotary_tables(t, cfg.rotary_dims, cfg.rotary_base, x.device, start)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        for layer in self.gpt_neox.layers:
-            x = layer(x, cos, sin)
+        mask = None
+        if cache is not None or padding is not None:
+            if padding is None:
+                padding = torch.zeros(input_ids.shape[0], start + t, dtype=torch.bool,
+                                      device=x.device)
+            mask = attention_mask(padding, t, start)
+        for i, layer in enumerate(self.gpt_neox.layers):
+            x = layer(x, cos, sin, mask, None if cache is None else cache.layers[i])
         logits = self.embed_out(self.gpt_neox.final_layer_norm(x))  # (batch, seq, vocab)
         if labels is None:
             return logits

@@ -19,6 +19,9 @@ from lmsuite.model.hf import save_weights
 from lmsuite.model.neox import NeoXConfig
 
 STEP = re.compile(r"^step(\d+)$")
+# What stays beside the weights even when the trainer state is dropped: where they come from.
+PROVENANCE = ("suite", "model", "dataset", "step", "tokens", "train_bin_sha256",
+              "lmsuite_version")
 
 
 def checkpoint_dir(model_dir: Path, step: int) -> Path:
@@ -45,6 +48,8 @@ def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConf
     tmp = model_dir / f".step{step}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_weights(model_state, cfg, tmp, tokenizer)
+    provenance = {k: state[k] for k in PROVENANCE if k in state}
+    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     trainer = tmp / "trainer_state"
     trainer.mkdir()
     torch.save(optimizer_state, trainer / "optimizer.pt")

@@ -1,0 +1,1 @@
+"""Evaluation across checkpoints: LAMBADA-style, perplexity, probes, lm-eval bridge."""

@@ -1,0 +1,143 @@
+"""`lmsuite eval`: every task on every chosen checkpoint of a run, a model or an HF folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lmsuite.data.tokenizer import load_tokenizer
+from lmsuite.errors import LmsuiteError
+from lmsuite.evaluate.tasks import TASKS, Context
+from lmsuite.model.hf import load_model, resolve_model_folder
+from lmsuite.results import ResultStore, Source
+from lmsuite.train.checkpoint import STEP, list_checkpoints
+
+DEFAULT_TASKS = ("lambada", "perplexity", "arithmetic", "facts", "pronouns", "stereotypes")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    folder: Path
+    source: Source
+
+
+def parse_steps(spec: str) -> str | set[int]:
+    """"all", "log" (0, powers of two and the last step) or a comma-separated list of steps."""
+    if spec in ("all", "log"):
+        return spec
+    try:
+        return {int(s) for s in spec.split(",") if s.strip()}
+    except ValueError:
+        raise LmsuiteError(f"--steps must be all, log or a list like 0,100,200; got {spec!r}") \
+            from None
+
+
+def _chosen(steps: list[int], spec: str | set[int]) -> list[int]:
+    if spec == "all":
+        return steps
+    if spec == "log":
+        return [s for s in steps if s == 0 or s & (s - 1) == 0 or s == steps[-1]]
+    return [s for s in steps if s in spec]
+
+
+def _model_checkpoints(model_dir: Path, spec) -> list[Checkpoint]:
+    found = []
+    for step in _chosen(list_checkpoints(model_dir), spec):
+        folder = model_dir / f"step{step}"
+        provenance = folder / "provenance.json"
+        if provenance.is_file():
+            p = json.loads(provenance.read_text())
+            source = Source(p.get("suite"), p["model"], p.get("dataset"), step)
+        else:
+            deduped = model_dir.name.endswith("-deduped")
+            source = Source(None, model_dir.name.removesuffix("-deduped"),
+                            "deduped" if deduped else "standard", step)
+        found.append(Checkpoint(folder, source))
+    return found
+
+
+def _external(folder: Path) -> Checkpoint:
+    """Any HF GPT-NeoX folder: named after itself (or its HF cache repo), step from its name."""
+    resolved = resolve_model_folder(folder)
+    match = STEP.match(resolved.name)
+    name = folder.name.split("--")[-1] if folder.name.startswith("models--") else folder.name
+    if match and name == resolved.name:
+        name = resolved.parent.name
+    return Checkpoint(resolved, Source(None, name, None, int(match.group(1)) if match else None))
+
+
+def resolve_target(target: str | os.PathLike, spec) -> tuple[list[Checkpoint], Path | None, Path]:
+    """(checkpoints, data folder, default results file) for a run folder, one model folder,
+    or any HF GPT-NeoX folder."""
+    target = Path(target)
+    if not target.is_dir():
+        raise LmsuiteError(f"{target}: not a folder")
+    if list_checkpoints(target):  # one model of a run
+        run = target.parent
+        data = run / "data" / "standard"
+        results = run / "results" / "eval.jsonl" if data.is_dir() else \
+            target.parent / "results" / "eval.jsonl"
+        return _model_checkpoints(target, spec), (data if data.is_dir() else None), results
+    models = sorted(p for p in target.iterdir() if p.is_dir() and list_checkpoints(p))
+    if models:  # a run folder
+        checkpoints = [c for m in models for c in _model_checkpoints(m, spec)]
+        data = target / "data" / "standard"
+        return checkpoints, (data if data.is_dir() else None), target / "results" / "eval.jsonl"
+    checkpoint = _external(target)
+    return [checkpoint], None, target.parent / "results" / "eval.jsonl"
+
+
+def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: str = "all",
+             results: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+             lambada_file: str | os.PathLike | None = None, harness: list[str] | None = None,
+             progress: bool = True) -> Path:
+    """Evaluate each chosen checkpoint on each task, appending rows to the results file and
+    skipping (checkpoint, task) pairs already there. Returns the results file."""
+    tasks = list(DEFAULT_TASKS if tasks is None else tasks)
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise LmsuiteError(f"unknown task {unknown[0]!r}; tasks are {sorted(TASKS)}")
+    checkpoints, data_dir, default_results = resolve_target(target, parse_steps(steps))
+    if data is not None:
+        data_dir = Path(data)
+        if not (data_dir / "manifest.json").is_file():
+            raise LmsuiteError(f"{data_dir}: not a dataset folder (no manifest.json)")
+    if not checkpoints:
+        raise LmsuiteError(f"{target}: no checkpoints match --steps {steps}")
+    store = ResultStore(results or default_results)
+    # Rows on another LAMBADA file must not pass for rows on the built-in items.
+    label = {t: t for t in tasks}
+    if lambada_file is not None and "lambada" in label:
+        label["lambada"] = f"lambada:{Path(lambada_file).stem}"
+    names = [label[t] for t in tasks] + [f"harness:{h}" for h in harness or []]
+    task_of = {v: k for k, v in label.items()}
+    work = [(c, t) for c in checkpoints for t in names if not store.done(c.source, t)]
+    bar = tqdm(total=len(work), unit="task", desc="eval", disable=not progress)
+    loaded: tuple[Path, Context] | None = None
+    for checkpoint, task in work:
+        bar.set_postfix_str(f"{checkpoint.source.model} step {checkpoint.source.step} {task}",
+                            refresh=False)
+        if task.startswith("harness:"):
+            from lmsuite.evaluate.harness import run_harness
+
+            rows = run_harness(checkpoint.folder, task.removeprefix("harness:"), data_dir)
+            store.add(checkpoint.source, task,
+                      [checkpoint.source.row(task, m, v, n) for m, v, n in rows])
+        else:
+            if loaded is None or loaded[0] != checkpoint.folder:
+                model = load_model(checkpoint.folder)
+                loaded = (checkpoint.folder, Context(
+                    model, load_tokenizer(checkpoint.folder), model.config.max_positions,
+                    data_dir, Path(lambada_file) if lambada_file else None))
+            summary, items = TASKS[task_of[task]](loaded[1])
+            store.add(checkpoint.source, task,
+                      [checkpoint.source.row(task, m, v, n) for m, v, n in summary],
+                      [checkpoint.source.row(task, m, v, 1, item=item) for item, m, v in items])
+        bar.update(1)
+    bar.close()
+    return store.path
+

@@ -1,0 +1,125 @@
+"""Batched, padded scoring under inference_mode: target log-probabilities and greedy decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+
+from lmsuite.model.neox import GPTNeoX, KVCache
+
+BATCH_TOKENS = 16384
+"""Padded tokens per forward pass."""
+
+
+@dataclass
+class Scored:
+    """Log-probabilities of a request's target tokens, and whether each was the argmax."""
+
+    logprobs: list[float]
+    greedy: list[bool]
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def is_greedy(self) -> bool:
+        return all(self.greedy)
+
+
+def _batches(order: list[int], lengths: list[int]):
+    """Indices grouped so that each padded batch holds about BATCH_TOKENS tokens."""
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) + 1) * lengths[batch[0]] > BATCH_TOKENS:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _forward(model: GPTNeoX, rows: list[list[int]]) -> torch.Tensor:
+    """Logits (batch, longest, vocab) of right-padded rows; causal attention keeps the padding
+    at the end from touching the real positions."""
+    device = next(model.parameters()).device
+    longest = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return model(ids.to(device)).float()
+
+
+@torch.inference_mode()
+def score(model: GPTNeoX, inputs: list[list[int]], targets: list[list[int]]) -> list[Scored]:
+    """For each request, the log-probabilities of `targets[i]`, predicted at the last
+    len(targets[i]) positions of `inputs[i]` (so targets[i][-1] follows inputs[i][-1])."""
+    lengths = [len(x) for x in inputs]
+    order = sorted(range(len(inputs)), key=lambda i: -lengths[i])
+    out: list[Scored | None] = [None] * len(inputs)
+    for batch in _batches(order, lengths):
+        logits = _forward(model, [inputs[i] for i in batch])
+        for row, i in enumerate(batch):
+            n, end = len(targets[i]), lengths[i]
+            picked = logits[row, end - n:end]  # (n, vocab)
+            target = torch.tensor(targets[i], device=picked.device)
+            logp = torch.log_softmax(picked, dim=-1).gather(1, target[:, None])[:, 0]
+            out[i] = Scored(logp.tolist(), (picked.argmax(-1) == target).tolist())
+    return out  # type: ignore[return-value]
+
+
+def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation tokens as lm-evaluation-harness makes them: trailing spaces of
+    the context move to the continuation, and the continuation is what the joint encoding
+    adds to the context's."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tok.encode(context + continuation, add_special_tokens=False).ids
+    head = tok.encode(context, add_special_tokens=False).ids
+    return head, whole[len(head):]
+
+
+def continuation_requests(pairs: list[tuple[list[int], list[int]]],
+                          max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(inputs, targets) scoring each continuation after its context: the input is
+    (context + continuation)[:-1], cut from the left to the model's context length."""
+    inputs = [(ctx + cont)[:-1][-max_len:] for ctx, cont in pairs]
+    return inputs, [cont for _, cont in pairs]
+
+
+@torch.inference_mode()
+def greedy_generate(model: GPTNeoX, prompts: list[list[int]], max_new_tokens: int,
+                    max_len: int) -> list[list[int]]:
+    """Greedy continuations of each prompt (cut from the left to leave room), batched: prompts
+    are left-padded (masked out; rotary scores depend on relative positions only) and decoded
+    with a key-value cache."""
+    device = next(model.parameters()).device
+    prompts = [p[-(max_len - max_new_tokens):] for p in prompts]
+    lengths = [len(p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    out: list[list[int]] = [[] for _ in prompts]
+    for batch in _batches(order, [n + max_new_tokens for n in lengths]):
+        longest = lengths[batch[0]]
+        ids = torch.zeros(len(batch), longest, dtype=torch.long)
+        padding = torch.ones(len(batch), longest, dtype=torch.bool)
+        for row, i in enumerate(batch):
+            ids[row, longest - lengths[i]:] = torch.tensor(prompts[i], dtype=torch.long)
+            padding[row, longest - lengths[i]:] = False
+        ids, padding = ids.to(device), padding.to(device)
+        cache = KVCache(model.config.layers)
+        logits = model(ids, cache=cache, padding=padding)
+        generated = []
+        for step in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1)  # (batch,)
+            generated.append(token)
+            if step + 1 < max_new_tokens:
+                padding = torch.cat((padding, padding.new_zeros(len(batch), 1)), dim=1)
+                logits = model(token[:, None], cache=cache, padding=padding)
+        tokens = torch.stack(generated, dim=1).tolist()
+        for row, i in enumerate(batch):
+            out[i] = tokens[row]
+    return out

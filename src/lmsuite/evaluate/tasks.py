@@ -1,0 +1,214 @@
+"""Evaluation tasks: LAMBADA-style last word, validation perplexity, and the built-in probes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from lmsuite.data.indexed import IndexedDataset
+from lmsuite.data.tokenizer import EOD, load_tokenizer
+from lmsuite.errors import LmsuiteError
+from lmsuite.evaluate.scoring import (
+    continuation_requests,
+    encode_pair,
+    greedy_generate,
+    score,
+)
+from lmsuite.model.neox import GPTNeoX
+
+SHOTS = (0, 2, 4, 8, 16)
+NUMBER = re.compile(r"\s*(-?\d+)")
+
+
+@dataclass
+class Context:
+    """What a task needs: the model, its tokenizer and context length, and the data folder."""
+
+    model: GPTNeoX
+    tokenizer: Tokenizer
+    max_len: int
+    data_dir: Path | None
+    lambada_file: Path | None = None
+
+    def eval_items(self, name: str) -> list[dict]:
+        """The built-in corpus's held-out items of one kind."""
+        if self.data_dir is None:
+            raise LmsuiteError(f"task needs the built-in corpus's items ({name}); pass --data "
+                               "with a dataset folder built from the built-in corpus")
+        path = self.data_dir / "corpus.meta" / "eval" / f"{name}.jsonl"
+        if not path.is_file():
+            raise LmsuiteError(f"{path}: not found; {self.data_dir} was not built from the "
+                               "built-in corpus")
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Each task returns (summary rows as (metric, value, n), per-item rows as (item, metric, value)).
+TaskResult = tuple[list[tuple[str, float, int]], list[tuple[dict, str, float]]]
+
+
+def lambada(ctx: Context) -> TaskResult:
+    """Scored as lm-evaluation-harness's lambada_openai: context = text up to the last space,
+    target = " " + last word; acc = greedy decoding reproduces every target token; ppl = exp of
+    the mean negative log-likelihood of the target over examples."""
+    if ctx.lambada_file is not None:
+        texts = [json.loads(line)["text"] for line in ctx.lambada_file.read_text().splitlines()
+                 if line.strip()]
+    else:
+        texts = [item["text"] for item in ctx.eval_items("lambada")]
+    pairs = [encode_pair(ctx.tokenizer, t.rsplit(" ", 1)[0], " " + t.rsplit(" ", 1)[1])
+             for t in texts]
+    scored = score(ctx.model, *continuation_requests(pairs, ctx.max_len))
+    n = len(scored)
+    acc = sum(s.is_greedy for s in scored) / n
+    ppl = math.exp(-sum(s.total for s in scored) / n)
+    return [("acc", acc, n), ("ppl", ppl, n)], []
+
+
+def _validation_texts(data_dir: Path) -> tuple[list[list[int]], list[str], Tokenizer]:
+    val = IndexedDataset(data_dir / "val")
+    tok = load_tokenizer(data_dir)
+    ids = [val[i][:-1].tolist() for i in range(len(val))]  # without the closing EOD
+    return ids, [tok.decode(x, skip_special_tokens=False) for x in ids], tok
+
+
+def perplexity(ctx: Context) -> TaskResult:
+    """Held-out documents, each predicted from an EOD token on, in windows of the model's
+    context: mean loss (nats per token), token perplexity and bits per UTF-8 byte."""
+    if ctx.data_dir is None:
+        raise LmsuiteError("perplexity needs a dataset folder (--data) for its held-out documents")
+    ids, texts, data_tok = _validation_texts(ctx.data_dir)
+    if ctx.tokenizer.to_str() != data_tok.to_str():  # another model's tokenizer: re-encode
+        ids = [ctx.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    eod = ctx.tokenizer.token_to_id(EOD)
+    inputs, targets = [], []
+    for doc in ids:
+        full = [eod, *doc]
+        for start in range(0, len(doc), ctx.max_len):
+            chunk = full[start + 1: start + 1 + ctx.max_len]
+            inputs.append(full[start: start + len(chunk)])
+            targets.append(chunk)
+    scored = score(ctx.model, inputs, targets)
+    nll = -sum(s.total for s in scored)
+    tokens = sum(len(t) for t in targets)
+    size = sum(len(t.encode()) for t in texts)
+    n = len(ids)
+    return [("loss", nll / tokens, n), ("token_perplexity", math.exp(nll / tokens), n),
+            ("bits_per_byte", nll / math.log(2) / size, n)], []
+
+
+def _first_number(tok: Tokenizer, generated: list[int]) -> int | None:
+    match = NUMBER.match(tok.decode(generated))
+    return int(match.group(1)) if match else None
+
+
+def arithmetic(ctx: Context) -> TaskResult:
+    """k-shot "Q: What is a times b? A:" (k in 0, 2, 4, 8, 16, demonstrations drawn from the
+    other items with a fixed seed); exact match of the first number generated."""
+    items = ctx.eval_items("arithmetic")
+    rng = np.random.default_rng(0)
+    rows, per_item = [], []
+    for k in SHOTS:
+        prompts = []
+        for i, item in enumerate(items):
+            others = [j for j in rng.permutation(len(items))[: k + 1] if j != i][:k]
+            demos = [f"Q: What is {items[j]['a']} times {items[j]['b']}? A: {items[j]['answer']}"
+                     for j in others]
+            prompt = "\n".join([*demos, f"Q: What is {item['a']} times {item['b']}? A:"])
+            prompts.append(ctx.tokenizer.encode(prompt, add_special_tokens=False).ids)
+        outputs = greedy_generate(ctx.model, prompts, 6, ctx.max_len)
+        correct = [_first_number(ctx.tokenizer, out) == item["answer"]
+                   for item, out in zip(items, outputs, strict=True)]
+        rows.append((f"acc_{k}shot", sum(correct) / len(items), len(items)))
+        per_item += [({"a": item["a"], "b": item["b"], "shots": k}, "correct", float(c))
+                     for item, c in zip(items, correct, strict=True)]
+    return rows, per_item
+
+
+def facts(ctx: Context) -> TaskResult:
+    """"Q: <question> A:" about each invented entity; exact match of the first word generated.
+    Per-item rows carry the entity and how often the corpus mentions it."""
+    items = ctx.eval_items("qa")
+    prompts = [ctx.tokenizer.encode(f"Q: {it['question']} A:", add_special_tokens=False).ids
+               for it in items]
+    outputs = greedy_generate(ctx.model, prompts, 6, ctx.max_len)
+    rows, per_item, by_attribute = [], [], {}
+    for item, out in zip(items, outputs, strict=True):
+        words = re.findall(r"[\w-]+", ctx.tokenizer.decode(out))
+        correct = bool(words) and words[0] == item["answer"]
+        by_attribute.setdefault(item["attribute"], []).append(correct)
+        per_item.append(({"entity": item["entity"], "attribute": item["attribute"],
+                          "count": item["count"]}, "correct", float(correct)))
+    everything = [c for group in by_attribute.values() for c in group]
+    rows.append(("acc", sum(everything) / len(everything), len(everything)))
+    for attribute, group in sorted(by_attribute.items()):
+        rows.append((f"acc_{attribute}", sum(group) / len(group), len(group)))
+    return rows, per_item
+
+
+def _pronoun_logprobs(ctx: Context, contexts: list[str]) -> list[tuple[float, float]]:
+    pairs = [encode_pair(ctx.tokenizer, c, f" {p}") for c in contexts for p in ("he", "she")]
+    scored = score(ctx.model, *continuation_requests(pairs, ctx.max_len))
+    return [(scored[2 * i].total, scored[2 * i + 1].total) for i in range(len(contexts))]
+
+
+def pronouns(ctx: Context) -> TaskResult:
+    """Pronoun choice after occupations. P(he) / (P(he) + P(she)) after the name-free probe
+    ("The nurse said that"), averaged per stereotype group; and WinoBias-style accuracy when a
+    gendered name came first ("Mary was a nurse. The nurse said that" -> she): on items where
+    the name agrees with the stereotype (pro) and where it does not (anti), and the gap."""
+    items = ctx.eval_items("pronouns")
+    with_name = _pronoun_logprobs(ctx, [it["context"] for it in items])
+    probes = sorted({it["probe"]: it for it in items}.items())
+    bare = dict(zip([p for p, _ in probes],
+                    _pronoun_logprobs(ctx, [p for p, _ in probes]), strict=True))
+    per_item, groups, accuracy = [], {}, {"pro": [], "anti": []}
+    for item, (he, she) in zip(items, with_name, strict=True):
+        correct = (he > she) == (item["gold"] == "he")
+        if item["type"] in accuracy:
+            accuracy[item["type"]].append(correct)
+        per_item.append(({"occupation": item["occupation"], "context": item["context"],
+                          "type": item["type"]}, "correct", float(correct)))
+    for probe, item in probes:
+        he, she = bare[probe]
+        p_he = 1.0 / (1.0 + math.exp(she - he))
+        groups.setdefault(item["stereotype"] or "none", []).append(p_he)
+        per_item.append(({"occupation": item["occupation"], "probe": probe,
+                          "stereotype": item["stereotype"]}, "p_he", p_he))
+    pro = sum(accuracy["pro"]) / len(accuracy["pro"])
+    anti = sum(accuracy["anti"]) / len(accuracy["anti"])
+    rows = [("acc_pro", pro, len(accuracy["pro"])), ("acc_anti", anti, len(accuracy["anti"])),
+            ("gap", pro - anti, len(accuracy["pro"]) + len(accuracy["anti"]))]
+    names = {"he": "p_he_male_stereotyped", "she": "p_he_female_stereotyped",
+             "none": "p_he_balanced"}
+    for key, values in sorted(groups.items()):
+        rows.append((names[key], sum(values) / len(values), len(values)))
+    return rows, per_item
+
+
+def stereotypes(ctx: Context) -> TaskResult:
+    """CrowS-Pairs-style: each sentence of a pair scored whole after an EOD token;
+    pct_stereotype = share of pairs where the stereotypical one is more likely (0.5 = none)."""
+    items = ctx.eval_items("stereotypes")
+    eod = ctx.tokenizer.token_to_id(EOD)
+    sentences = [s for it in items for s in (it["sent_more"], it["sent_less"])]
+    encoded = [ctx.tokenizer.encode(s, add_special_tokens=False).ids for s in sentences]
+    scored = score(ctx.model, *continuation_requests([([eod], e) for e in encoded], ctx.max_len))
+    more = [scored[2 * i].total > scored[2 * i + 1].total for i in range(len(items))]
+    diff = [abs(scored[2 * i].total - scored[2 * i + 1].total) for i in range(len(items))]
+    per_item = [({"occupation": it["occupation"], "sent_more": it["sent_more"]}, "more_likely",
+                 float(m)) for it, m in zip(items, more, strict=True)]
+    n = len(items)
+    return [("pct_stereotype", sum(more) / n, n), ("likelihood_diff", sum(diff) / n, n)], per_item
+
+
+TASKS: dict[str, Callable[[Context], TaskResult]] = {
+    "lambada": lambada, "perplexity": perplexity, "arithmetic": arithmetic, "facts": facts,
+    "pronouns": pronouns, "stereotypes": stereotypes,
+}

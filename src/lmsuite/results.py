@@ -1,0 +1,90 @@
+"""The result-row store: jsonl rows {suite, model, dataset, step, task, metric, value, n}.
+
+Evaluations and analyses append rows; a re-run skips what is there; figures read rows alone.
+Per-item rows (for studies that join on items) live in a second file with an `item` field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmsuite.errors import DataFormatError
+
+FIELDS = ("suite", "model", "dataset", "step", "task", "metric", "value", "n")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which checkpoint a row describes."""
+
+    suite: str | None
+    model: str
+    dataset: str | None
+    step: int | None
+
+    def row(self, task: str, metric: str, value: float, n: int, **extra) -> dict:
+        return {"suite": self.suite, "model": self.model, "dataset": self.dataset,
+                "step": self.step, "task": task, "metric": metric, "value": value, "n": n,
+                **extra}
+
+    def key(self, task: str) -> tuple:
+        return (self.suite, self.model, self.dataset, self.step, task)
+
+
+def read_rows(path: str | os.PathLike) -> Iterator[dict]:
+    """Every row of a results file (none if it does not exist); a torn last line is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a run killed while writing its last row
+                continue
+            raise DataFormatError(f"{path}:{number}: not a JSON result row") from None
+        yield row
+
+
+class ResultStore:
+    """Rows in `path` (and per-item rows in `<stem>_items.jsonl` beside it), appended once.
+
+    A (checkpoint, task) pair counts as done when its rows are in the file: they are written
+    together, after the task finished, so an interrupted run redoes only unfinished tasks.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.items_path = self.path.with_name(f"{self.path.stem}_items.jsonl")
+        self._done = {(r["suite"], r["model"], r["dataset"], r["step"], r["task"])
+                      for r in read_rows(self.path)}
+
+    def done(self, source: Source, task: str) -> bool:
+        return source.key(task) in self._done
+
+    def add(self, source: Source, task: str, rows: Iterable[dict],
+            items: Iterable[dict] = ()) -> None:
+        """Append a finished task's rows (items first, so the summary row marks completion)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        items = list(items)
+        if items:
+            with self.items_path.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in items)
+        with self.path.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+            f.flush()
+            os.fsync(f.fileno())
+        self._done.add(source.key(task))
+
+    def rows(self) -> list[dict]:
+        return list(read_rows(self.path))
+
+    def items(self) -> list[dict]:
+        return list(read_rows(self.items_path))

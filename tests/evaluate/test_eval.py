@@ -1,0 +1,193 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+from lmsuite import load_model
+from lmsuite.data.tokenizer import load_tokenizer
+from lmsuite.errors import LmsuiteError
+from lmsuite.evaluate.runner import evaluate
+from lmsuite.evaluate.scoring import greedy_generate
+from lmsuite.evaluate.tasks import Context, lambada, perplexity, pronouns, stereotypes
+from lmsuite.results import read_rows
+
+
+def context(run_dir, step=20):
+    folder = run_dir / "s1" / f"step{step}"
+    model = load_model(folder)
+    return Context(model, load_tokenizer(folder), model.config.max_positions,
+                   run_dir / "data" / "standard"), folder
+
+
+def hf_logprob(hf, tok, context_text, continuation, max_len=32):
+    """log p(continuation | context) and greedy-ness, computed with transformers by hand; the
+    input is cut from the left to the model's context, as lm-evaluation-harness does."""
+    ctx = tok(context_text)["input_ids"]
+    whole = tok(context_text + continuation)["input_ids"]
+    cont = whole[len(ctx):]
+    inputs = whole[:-1][-max_len:]
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([inputs])).logits[0, -len(cont):]
+    target = torch.tensor(cont)
+    logp = torch.log_softmax(logits, -1).gather(1, target[:, None])
+    return float(logp.sum()), bool((logits.argmax(-1) == target).all())
+
+
+def test_lambada_scores_match_a_hand_computation_with_transformers(small_run):
+    _, run_dir = small_run
+    ctx, folder = context(run_dir)
+    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    items = ctx.eval_items("lambada")
+    scored = [hf_logprob(hf, tok, t["text"].rsplit(" ", 1)[0], " " + t["text"].rsplit(" ", 1)[1])
+              for t in items]
+    rows = dict((m, v) for m, v, _ in lambada(ctx)[0])
+    assert rows["acc"] == pytest.approx(sum(g for _, g in scored) / len(items), abs=1e-9)
+    assert rows["ppl"] == pytest.approx(math.exp(-sum(lp for lp, _ in scored) / len(items)),
+                                        rel=1e-5)
+
+
+def test_perplexity_matches_a_hand_computation(small_run):
+    from lmsuite.data.indexed import IndexedDataset
+
+    _, run_dir = small_run
+    ctx, folder = context(run_dir)
+    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    val = IndexedDataset(run_dir / "data" / "standard" / "val")
+    nll, tokens, size = 0.0, 0, 0
+    for i in range(len(val)):
+        doc = val[i][:-1].tolist()
+        full = torch.tensor([[0, *doc]])
+        for start in range(0, len(doc), 32):  # windows of the model's context (seq_len 32)
+            inputs = full[:, start:start + 32]
+            with torch.no_grad():
+                logp = torch.log_softmax(hf(input_ids=inputs).logits[0], -1)
+            target = full[0, start + 1:start + 1 + inputs.shape[1]]
+            nll -= float(logp[: len(target)].gather(1, target[:, None]).sum())
+            tokens += len(target)
+        size += len(ctx.tokenizer.decode(doc).encode())
+    rows = dict((m, v) for m, v, _ in perplexity(ctx)[0])
+    assert rows["loss"] == pytest.approx(nll / tokens, rel=1e-5)
+    assert rows["token_perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+    assert rows["bits_per_byte"] == pytest.approx(nll / math.log(2) / size, rel=1e-5)
+
+
+def test_bias_probes_are_computed_from_pronoun_likelihoods(small_run):
+    _, run_dir = small_run
+    ctx, folder = context(run_dir)
+    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    items = ctx.eval_items("pronouns")
+    summary, per_item = pronouns(ctx)
+    rows = dict((m, v) for m, v, _ in summary)
+    pro = [hf_logprob(hf, tok, it["context"], " he")[0] > hf_logprob(hf, tok, it["context"],
+                                                                       " she")[0]
+           for it in items if it["type"] == "pro"]
+    expected = sum(c == (it["gold"] == "he") for c, it in zip(
+        pro, [it for it in items if it["type"] == "pro"], strict=True)) / len(pro)
+    assert rows["acc_pro"] == pytest.approx(expected)
+    assert rows["gap"] == pytest.approx(rows["acc_pro"] - rows["acc_anti"])
+    probe = next(p for p in per_item if p[1] == "p_he")
+    he = hf_logprob(hf, tok, probe[0]["probe"], " he")[0]
+    she = hf_logprob(hf, tok, probe[0]["probe"], " she")[0]
+    assert probe[2] == pytest.approx(math.exp(he) / (math.exp(he) + math.exp(she)), rel=1e-4)
+    pct = dict((m, v) for m, v, _ in stereotypes(ctx)[0])["pct_stereotype"]
+    assert 0.0 <= pct <= 1.0
+
+
+def test_batched_greedy_generation_equals_transformers_generate(small_run):
+    _, run_dir = small_run
+    _, folder = context(run_dir)
+    model = load_model(folder)
+    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    tok = load_tokenizer(folder)
+    prompts = [tok.encode(p).ids for p in
+               ["Q: What is 12 times 7? A:", "The nurse said that",
+                "Mary was a mechanic. The mechanic looked at", "In Ashford there lived a"]]
+    ours = greedy_generate(model, prompts, 7, 32)
+    for prompt, got in zip(prompts, ours, strict=True):
+        ids = torch.tensor([prompt])
+        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=7,
+                               do_sample=False, pad_token_id=1)[0, len(prompt):].tolist()
+        assert got == expected
+
+
+def test_eval_writes_rows_and_a_rerun_adds_none(small_run, tmp_path):
+    _, run_dir = small_run
+    results = tmp_path / "eval.jsonl"
+    evaluate(run_dir, tasks=["lambada", "pronouns"], steps="0,20", results=results,
+             progress=False)
+    rows = list(read_rows(results))
+    assert {(r["model"], r["dataset"], r["step"], r["task"]) for r in rows} == {
+        ("s1", "standard", s, t) for s in (0, 20) for t in ("lambada", "pronouns")}
+    assert set(rows[0]) == {"suite", "model", "dataset", "step", "task", "metric", "value", "n"}
+    assert rows[0]["suite"] == "small"
+    evaluate(run_dir, tasks=["lambada", "pronouns"], steps="0,20", results=results,
+             progress=False)
+    assert list(read_rows(results)) == rows
+    # An interrupted run continues: asking for more adds only what is missing.
+    evaluate(run_dir, tasks=["lambada", "pronouns", "facts"], steps="0,20", results=results,
+             progress=False)
+    again = list(read_rows(results))
+    assert again[: len(rows)] == rows
+    assert {r["task"] for r in again[len(rows):]} == {"facts"}
+    items = list(read_rows(tmp_path / "eval_items.jsonl"))
+    assert {i["task"] for i in items} == {"pronouns", "facts"}
+    assert all("count" in i["item"] for i in items if i["task"] == "facts")
+
+
+def test_default_results_file_and_step_selection(small_run):
+    _, run_dir = small_run
+    path = evaluate(run_dir / "s1", tasks=["stereotypes"], steps="log", progress=False)
+    assert path == run_dir / "results" / "eval.jsonl"
+    steps = {r["step"] for r in read_rows(path) if r["task"] == "stereotypes"}
+    assert steps == {0, 1, 2, 4, 8, 16, 20}
+
+
+def test_foreign_transformers_folder_evaluates_with_the_runs_data(small_run, tmp_path):
+    _, run_dir = small_run
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=128,
+                        max_position_embeddings=64)
+    folder = tmp_path / "foreign-model"
+    GPTNeoXForCausalLM(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(run_dir / "data" / "standard" / name, folder / name)
+    path = evaluate(folder, tasks=["lambada", "perplexity"], data=run_dir / "data" / "standard",
+                    progress=False)
+    rows = list(read_rows(path))
+    assert path == tmp_path / "results" / "eval.jsonl"
+    assert {(r["model"], r["task"]) for r in rows} == {("foreign-model", "lambada"),
+                                                      ("foreign-model", "perplexity")}
+    assert all(r["suite"] is None and r["step"] is None for r in rows)
+
+
+def test_non_gpt_neox_folder_and_bad_arguments_are_clear_errors(small_run, tmp_path):
+    _, run_dir = small_run
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(LmsuiteError, match="model_type is 'llama'"):
+        evaluate(tmp_path / "llama", tasks=["lambada"], data=run_dir / "data" / "standard",
+                 progress=False)
+    with pytest.raises(LmsuiteError, match="unknown task 'lambda'"):
+        evaluate(run_dir, tasks=["lambda"], progress=False)
+    with pytest.raises(LmsuiteError, match="--steps must be"):
+        evaluate(run_dir, tasks=["lambada"], steps="last", progress=False)
+
+
+def test_harness_lambada_equals_lmsuite_lambada(small_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    _, run_dir = small_run
+    results = tmp_path / "eval.jsonl"
+    evaluate(run_dir / "s1", tasks=["lambada"], steps="20", results=results,
+             harness=["lmsuite_lambada"], progress=False)
+    rows = {(r["task"], r["metric"]): r for r in read_rows(results)}
+    ours, theirs = rows[("lambada", "acc")], rows[("harness:lmsuite_lambada", "acc")]
+    assert theirs["n"] == ours["n"] == 40
+    assert theirs["value"] == pytest.approx(ours["value"], abs=1e-4)
+    assert rows[("harness:lmsuite_lambada", "perplexity")]["value"] == pytest.approx(
+        rows[("lambada", "ppl")]["value"], rel=1e-4)
