@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the built-in CPU suite end to end (data, 16 models, every checkpoint), then the
+# quick evaluations at Pythia's log-spaced steps. Rerun it and it resumes.
 demo: install
 	$(BIN)/lmsuite suite configs/tiny.toml
+	$(BIN)/lmsuite eval runs/tiny --steps log --tasks lambada,perplexity,pronouns,stereotypes
 
 test: install
 	$(BIN)/pytest -q

@@ -61,15 +61,16 @@ def test_document_metadata_matches_the_planted_copies(corpus):
     assert max(len(m) for m in groups.values()) > 10  # heavy-tailed copy counts
 
 
-def test_entity_and_operand_counts_are_what_the_documents_hold(corpus):
-    texts, meta, truth, _ = corpus
-    facts = [t for t, m in zip(texts, meta, strict=True) if m["kind"] == "fact" and
-             not m["is_copy"]]
+def test_entity_and_operand_counts_are_what_the_documents_hold_copies_included(corpus):
+    texts, meta, truth, items = corpus
+    facts = [t for t, m in zip(texts, meta, strict=True) if m["kind"] == "fact"]
+    assert any(m["kind"] == "fact" and m["is_copy"] for m in meta)
     for entity, count in list(truth["entity_counts"].items())[:25]:
         assert sum(f"{entity} " in t or t.startswith(entity) for t in facts) == count
+    assert all(q["count"] == truth["entity_counts"][q["entity"]] for q in items["qa"])
     x1, x2 = Counter(), Counter()
     for t, m in zip(texts, meta, strict=True):
-        if m["kind"] == "arithmetic" and not m["is_copy"]:
+        if m["kind"] == "arithmetic":
             for a, b in re.findall(r"What is (\d+) times (\d+)\?", t):
                 x1[a] += 1
                 x2[b] += 1

@@ -194,7 +194,8 @@ class _Generator:
 
     # --- facts and arithmetic ----------------------------------------------------------------
 
-    def fact_document(self, rng: np.random.Generator) -> str:
+    def fact_document(self, rng: np.random.Generator) -> tuple[str, list[str]]:
+        """A document of facts about a few entities, and the entities it mentions."""
         wanted, chosen = int(rng.integers(2, 5)), []
         while len(chosen) < wanted:  # distinct entities, so no two documents come out alike
             i = _draw(rng, self.entity_cdf)
@@ -203,7 +204,6 @@ class _Generator:
         paragraphs = []
         for i in chosen:
             e = self.entities[i]
-            self.entity_counts[e] += 1
             attrs = list(FACT_TEMPLATES)
             lines = []
             for j in rng.permutation(len(attrs)):
@@ -213,24 +213,24 @@ class _Generator:
                 attr = _pick(rng, attrs)
                 lines.append(f"Q: {QUESTIONS[attr].format(e=e)} A: {self.facts[e][attr]}")
             paragraphs.append(" ".join(lines))
-        return "\n".join(paragraphs)
+        return "\n".join(paragraphs), [self.entities[i] for i in chosen]
 
     def operands(self, rng: np.random.Generator) -> tuple[int, int]:
         return _draw(rng, self.x1_cdf), _draw(rng, self.x2_cdf) + 1
 
-    def arithmetic_document(self, rng: np.random.Generator) -> str:
-        lines = []
+    def arithmetic_document(self, rng: np.random.Generator) -> tuple[str, list[tuple[int, int]]]:
+        """Arithmetic lines and numbers in text, and the operand pairs it uses."""
+        lines, pairs = [], []
         for _ in range(int(rng.integers(4, 10))):
             a, b = self.operands(rng)
-            self.x1_counts[a] += 1
-            self.x2_counts[b] += 1
+            pairs.append((a, b))
             if rng.random() < 0.8:
                 lines.append(f"Q: What is {a} times {b}? A: {a * b}")
             else:
                 c = self._character(rng)
                 lines.append(f"The {c['occ']} bought {a} boxes with {b} {c['obj']}s in each, "
                              f"so {c['he']} had {a * b} {c['obj']}s.")
-        return "\n".join(lines)
+        return "\n".join(lines), pairs
 
     # --- evaluation items (never part of the corpus) -----------------------------------------
 
@@ -297,18 +297,19 @@ def generate_corpus(cfg: SyntheticConfig, documents: int, seed: int):
     unique = documents - sum(k - 1 for k in copies)
     kinds = rng.choice(["story", "fact", "arithmetic"], size=unique,
                        p=[cfg.story_share, cfg.fact_share, cfg.arithmetic_share])
-    texts, meta = [], []
+    texts, meta, mentions = [], [], []
     for kind in kinds:
-        kind, lang, target = str(kind), "en", None
+        kind, lang, target, mentioned = str(kind), "en", None, []
         if kind == "story" and rng.random() < cfg.spanish_share:
             text, lang = gen.spanish_story(rng), "es"
         elif kind == "story":
             text, target = gen.story(rng, lambada=bool(rng.random() < cfg.lambada_share))
         elif kind == "fact":
-            text = gen.fact_document(rng)
+            text, mentioned = gen.fact_document(rng)
         else:
-            text = gen.arithmetic_document(rng)
+            text, mentioned = gen.arithmetic_document(rng)
         texts.append(text)
+        mentions.append(mentioned)
         meta.append({"kind": kind, "lang": lang, "lambada_target": target, "group": -1,
                      "copies": 1, "near_copy": False})
     # Copies of the first documents of each group are scattered uniformly through the corpus.
@@ -319,19 +320,26 @@ def generate_corpus(cfg: SyntheticConfig, documents: int, seed: int):
         for _ in range(k - 1):
             near = bool(rng.random() < cfg.near_copy_share)
             text = _near_copy(texts[original], rng) if near else texts[original]
-            extra.append((text, meta[original] | {"near_copy": near}))
+            extra.append((text, meta[original] | {"near_copy": near}, original))
     slots = np.sort(rng.choice(documents, size=len(extra), replace=False))
-    order: list[tuple[str, dict]] = []
-    it_unique, it_extra = iter(zip(texts, meta, strict=True)), iter(extra)
+    order: list[tuple[str, dict, int]] = []
+    it_unique = iter(zip(texts, meta, range(unique), strict=True))
+    it_extra = iter(extra)
     slot_set = set(slots.tolist())
     for position in range(documents):
         order.append(next(it_extra) if position in slot_set else next(it_unique))
     # A copy placed before its original swaps roles with it: the first occurrence is the original.
     first_seen: set[int] = set()
-    for _, m in order:
+    for _, m, source in order:
         m["is_copy"] = m["group"] >= 0 and m["group"] in first_seen
         if m["group"] >= 0:
             first_seen.add(m["group"])
+        for mention in mentions[source]:  # every occurrence counts, copies included
+            if isinstance(mention, str):
+                gen.entity_counts[mention] += 1
+            else:
+                gen.x1_counts[mention[0]] += 1
+                gen.x2_counts[mention[1]] += 1
     truth = {
         "seed": seed, "documents": documents, "config": asdict(cfg),
         "occupation_p_he": gen.p_he,
@@ -344,7 +352,7 @@ def generate_corpus(cfg: SyntheticConfig, documents: int, seed: int):
         "duplicate_groups": len(copies),
     }
     items = gen.eval_items(np.random.default_rng([seed, 2]))
-    return [t for t, _ in order], [m for _, m in order], truth, items
+    return [t for t, _, _ in order], [m for _, m, _ in order], truth, items
 
 
 def meta_folder(corpus: str | os.PathLike) -> Path:

@@ -1,0 +1,63 @@
+"""Does torch.compile pay for a suite's model on this machine? Eager vs compiled training
+tokens/s, the compile time, and the steps needed to win it back. One JSON line per size.
+
+    .venv/bin/python benchmarks/bench_compile.py [configs/tiny.toml] [--models tiny-3,tiny-8]
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from lmsuite.config import load_suite
+from lmsuite.model.neox import GPTNeoX, config_for_size
+from lmsuite.train.allocator import keep_freed_memory
+from lmsuite.train.trainer import make_optimizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config", nargs="?", default="configs/tiny.toml")
+    parser.add_argument("--models", default="tiny-3,tiny-8")
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    keep_freed_memory()
+    suite = load_suite(args.config)
+    batch = torch.randint(0, suite.data.vocab_size,
+                          (suite.train.micro_batch_size, suite.data.seq_len + 1))
+    tokens = batch.shape[0] * suite.data.seq_len
+    for name in args.models.split(","):
+        size = suite.model(name)
+        cfg = config_for_size(size, suite.data.vocab_size, suite.data.seq_len)
+        result = {"benchmark": "compile", "model": name}
+        for mode in ("eager", "compiled"):
+            model = GPTNeoX(cfg)
+            model.init_weights(0)
+            optimizer = make_optimizer(model, size, suite, fused=True)
+            forward = torch.compile(model) if mode == "compiled" else model
+
+            def step(forward=forward, model=model, optimizer=optimizer):
+                forward(batch[:, :-1], labels=batch[:, 1:])[1].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            start = time.perf_counter()
+            step()  # the first step compiles
+            step()
+            result[f"{mode}_first_two_steps_s"] = round(time.perf_counter() - start, 2)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            result[f"{mode}_tokens_per_s"] = round(tokens * args.steps /
+                                                   (time.perf_counter() - start))
+        per_step = {m: tokens / result[f"{m}_tokens_per_s"] for m in ("eager", "compiled")}
+        saved = per_step["eager"] - per_step["compiled"]
+        extra = result["compiled_first_two_steps_s"] - result["eager_first_two_steps_s"]
+        result["break_even_steps"] = round(extra / saved) if saved > 0 else None
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
