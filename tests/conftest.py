@@ -1,5 +1,6 @@
 """Shared test fixtures: tiny configs on 2 CPU cores."""
 
+import contextlib
 import os
 
 import pytest
@@ -94,3 +95,23 @@ def small_run(built_data, tmp_path_factory):
     run_dir = run_dir_with_data(built_data, tmp_path_factory.mktemp("small_run"))
     train(suite, "s1", "standard", run_dir, progress=False)
     return suite, run_dir
+
+
+@contextlib.contextmanager
+def recording_batches():
+    """Inside: {step: every row this process's Trainer fed to its model at that step}."""
+    from lmsuite.train.trainer import Trainer
+
+    seen: dict[int, list] = {}
+    original = Trainer.micro_batches
+
+    def recording(self, step):
+        micro = original(self, step)
+        seen.setdefault(step, []).extend(row for t in micro for row in t.tolist())
+        return micro
+
+    Trainer.micro_batches = recording
+    try:
+        yield seen
+    finally:
+        Trainer.micro_batches = original

@@ -14,7 +14,12 @@ from lmsuite.config import save_suite
 from lmsuite.data.order import batch_at
 from lmsuite.model import read_model_config
 from lmsuite.train.trainer import Trainer
-from tests.conftest import assert_weights_close, run_dir_with_data, training_suite
+from tests.conftest import (
+    assert_weights_close,
+    recording_batches,
+    run_dir_with_data,
+    training_suite,
+)
 
 
 def free_port() -> int:
@@ -25,19 +30,8 @@ def free_port() -> int:
 
 def train_recording(suite, run_dir, record: str, fsdp: bool = False) -> None:
     """Train s1 on the standard data, writing {step: rows this process trained on}."""
-    seen: dict[int, list] = {}
-    original = Trainer.micro_batches
-
-    def recording(self, step):
-        micro = original(self, step)
-        seen.setdefault(step, []).extend(row for t in micro for row in t.tolist())
-        return micro
-
-    Trainer.micro_batches = recording
-    try:
+    with recording_batches() as seen:
         Trainer(suite, "s1", "standard", run_dir, fsdp=fsdp, progress=False).run()
-    finally:
-        Trainer.micro_batches = original
     with open(record, "w") as f:
         json.dump(seen, f)
 

@@ -17,23 +17,19 @@ from lmsuite.errors import LmsuiteError
 from lmsuite.model import read_model_config
 from lmsuite.model.neox import config_for_size
 from lmsuite.train.checkpoint import ModelLock, list_checkpoints
-from lmsuite.train.trainer import Trainer, check_data, train
-from tests.conftest import assert_weights_close, run_dir_with_data, training_suite
+from lmsuite.train.trainer import check_data, train
+from tests.conftest import (
+    assert_weights_close,
+    recording_batches,
+    run_dir_with_data,
+    training_suite,
+)
 
 
-def recorded_training(suite, run_dir, model="s1", monkeypatch=None):
+def recorded_training(suite, run_dir, model="s1"):
     """Train and return {step: rows fed to the model}."""
-    seen: dict[int, list] = {}
-    original = Trainer.micro_batches
-
-    def recording(self, step):
-        micro = original(self, step)
-        seen.setdefault(step, []).extend(row for t in micro for row in t.tolist())
-        return micro
-
-    monkeypatch.setattr(Trainer, "micro_batches", recording)
-    train(suite, model, "standard", run_dir, progress=False)
-    monkeypatch.undo()
+    with recording_batches() as seen:
+        train(suite, model, "standard", run_dir, progress=False)
     return seen
 
 
@@ -69,14 +65,11 @@ def test_every_checkpoint_loads_in_transformers_with_lmsuites_logits(trained):
                                        atol=1e-5, rtol=0)
 
 
-def test_step_s_trains_on_batch_at_s_whatever_the_micro_batch_size(built_data, tmp_path,
-                                                                   monkeypatch):
+def test_step_s_trains_on_batch_at_s_whatever_the_micro_batch_size(built_data, tmp_path):
     whole = training_suite(built_data, steps=12, micro_batch_size=8)
     quarters = training_suite(built_data, steps=12, micro_batch_size=2)
-    seen_whole = recorded_training(whole, run_dir_with_data(built_data, tmp_path / "a"),
-                                   monkeypatch=monkeypatch)
-    seen_quarters = recorded_training(quarters, run_dir_with_data(built_data, tmp_path / "b"),
-                                      monkeypatch=monkeypatch)
+    seen_whole = recorded_training(whole, run_dir_with_data(built_data, tmp_path / "a"))
+    seen_quarters = recorded_training(quarters, run_dir_with_data(built_data, tmp_path / "b"))
     data = tmp_path / "a" / "data" / "standard"
     for step in range(12):
         assert seen_whole[step] == seen_quarters[step] == batch_at(data, step).tolist()
