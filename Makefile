@@ -26,8 +26,9 @@ demo: install
 test: install
 	$(BIN)/pytest -q
 
+# pytest exits 5 when no test is marked slow; that is not a failure.
 test-slow: install
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
 
 lint: install
 	$(BIN)/ruff check .
