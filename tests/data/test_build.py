@@ -130,7 +130,7 @@ def test_manifest_records_hashes_parameters_and_counts(built_data):
         assert m["tokenizer"]["sha256"] == hashlib.sha256(
             (out / name / "tokenizer.json").read_bytes()).hexdigest()
         assert m["params"]["seed"] == suite.seed and m["params"]["data"]["seq_len"] == 32
-        assert m["batch_size"] == suite.train.batch_size
+        assert m["params"]["batch_size"] == suite.train.batch_size
         assert m["counts"]["train_samples"] == suite.train.steps * suite.train.batch_size
         assert m["sources"][0]["path"] == "synthetic/corpus.jsonl"
         assert len(m["sources"][0]["sha256"]) == 64

@@ -190,8 +190,6 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
             "lmsuite_version": __version__,
             "dataset": name,
             "params": params,
-            "batch_size": suite.train.batch_size,
-            "seq_len": data.seq_len,
             "sources": sources,
             "tokenizer": {"sha256": hashlib.sha256((folder / "tokenizer.json").read_bytes())
                           .hexdigest(), "canonical_sha256": tokenizer_hash(tok),

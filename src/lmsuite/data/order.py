@@ -114,7 +114,7 @@ def batch_at(data_dir: str | os.PathLike, step: int, batch_size: int | None = No
         if manifest is None:
             raise LmsuiteError(f"{data_dir}: no manifest.json to take the batch size from; "
                                "pass batch_size")
-        batch_size = int(manifest["batch_size"])
+        batch_size = int(manifest["params"]["batch_size"])
     if batch_size <= 0 or step < 0:
         raise LmsuiteError(f"step must be >= 0 and batch size > 0, got {step} and {batch_size}")
     data = open_train(data_dir)

@@ -62,8 +62,9 @@ def check_data(data_dir: Path, suite: SuiteConfig, cfg: NeoXConfig) -> dict:
     manifest = read_manifest(data_dir)
     if manifest is None:
         raise LmsuiteError(f"{data_dir}: no manifest.json; not a dataset built by lmsuite")
-    if manifest["seq_len"] != suite.data.seq_len:
-        raise LmsuiteError(f"{data_dir}: samples hold seq_len {manifest['seq_len']} (+1) tokens, "
+    seq_len = manifest["params"]["data"]["seq_len"]
+    if seq_len != suite.data.seq_len:
+        raise LmsuiteError(f"{data_dir}: samples hold seq_len {seq_len} (+1) tokens, "
                            f"the config asks for seq_len {suite.data.seq_len}")
     vocab = manifest["tokenizer"]["vocab_size"]
     if vocab > cfg.vocab_size:
