@@ -19,7 +19,7 @@ from lmsuite.data.corpus import file_sha256, iter_documents, source_files
 from lmsuite.data.dedup import NearDuplicateFilter
 from lmsuite.data.indexed import IndexedDataset, IndexedDatasetWriter, token_dtype
 from lmsuite.data.order import write_training_order
-from lmsuite.data.synthetic import meta_folder, write_corpus
+from lmsuite.data.synthetic import write_corpus
 from lmsuite.data.tokenizer import (
     eod_id,
     load_tokenizer,
@@ -220,8 +220,3 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
     shutil.rmtree(tmp, ignore_errors=True)
     return out / "standard", out / "deduped"
 
-
-def synthetic_meta_folder(data_dir: str | os.PathLike) -> Path | None:
-    """The built-in corpus's metadata folder inside a dataset folder, if it has one."""
-    folder = Path(data_dir) / meta_folder("corpus.jsonl").name
-    return folder if folder.is_dir() else None
