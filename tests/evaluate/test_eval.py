@@ -94,8 +94,24 @@ def test_bias_probes_are_computed_from_pronoun_likelihoods(small_run):
     he = hf_logprob(hf, tok, probe[0]["probe"], " he")[0]
     she = hf_logprob(hf, tok, probe[0]["probe"], " she")[0]
     assert probe[2] == pytest.approx(math.exp(he) / (math.exp(he) + math.exp(she)), rel=1e-4)
-    pct = dict((m, v) for m, v, _ in stereotypes(ctx)[0])["pct_stereotype"]
-    assert 0.0 <= pct <= 1.0
+
+
+def test_pct_stereotype_counts_pairs_whose_stereotypical_sentence_is_likelier(small_run):
+    _, run_dir = small_run
+    ctx, folder = context(run_dir)
+    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def sentence_logprob(text):  # the whole sentence after an EOD token, as lm-eval scores it
+        ids = [0, *tok(text)["input_ids"]]
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
+        return float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+
+    pairs = ctx.eval_items("stereotypes")
+    more = [sentence_logprob(p["sent_more"]) > sentence_logprob(p["sent_less"]) for p in pairs]
+    rows = dict((m, v) for m, v, _ in stereotypes(ctx)[0])
+    assert rows["pct_stereotype"] == pytest.approx(sum(more) / len(pairs))
 
 
 def test_batched_greedy_generation_equals_transformers_generate(small_run):

@@ -24,7 +24,6 @@ from lmsuite.data.tokenizer import (
     eod_id,
     load_tokenizer,
     save_tokenizer,
-    tokenizer_hash,
     train_tokenizer,
 )
 from lmsuite.errors import LmsuiteError
@@ -191,8 +190,7 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
             "dataset": name,
             "params": params,
             "sources": sources,
-            "tokenizer": {"sha256": hashlib.sha256((folder / "tokenizer.json").read_bytes())
-                          .hexdigest(), "canonical_sha256": tokenizer_hash(tok),
+            "tokenizer": {"sha256": file_sha256(folder / "tokenizer.json"),
                           "vocab_size": tok.get_vocab_size(), "eod_id": eod},
             "dtype": dtype.name,
             "dedup": dedup.describe() if name == "deduped" else None,

@@ -138,8 +138,8 @@ def batch_documents(data_dir: str | os.PathLike, step: int, batch_size: int) -> 
     sample_len = open_train(data_dir).sizes[0]
     rows = []
     for doc, offset in train_docs[step * batch_size:(step + 1) * batch_size]:
-        position, offset, left, row = int(np.searchsorted(doc_ids, doc)), int(offset), \
-            int(sample_len), []
+        position = int(np.searchsorted(doc_ids, doc))
+        offset, left, row = int(offset), int(sample_len), []
         while left > 0 and position < len(sizes):
             take = min(left, int(sizes[position]) - offset)
             row.append({"doc": int(doc_ids[position]), "offset": offset, "tokens": take})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -51,11 +50,6 @@ def eod_id(tok: Tokenizer) -> int:
     if token_id is None:
         raise DataFormatError(f"tokenizer has no {EOD} token to end documents with")
     return token_id
-
-
-def tokenizer_hash(tok: Tokenizer) -> str:
-    """sha256 of the tokenizer's canonical JSON."""
-    return hashlib.sha256(tok.to_str().encode()).hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,8 +1,9 @@
-"""Keep freed memory in the process: on CPU training, page faults otherwise cost a third of a step.
+"""Keep freed memory in the process: on CPU training, page faults otherwise slow every step.
 
 glibc hands allocations above 128 KiB straight back to the kernel when they are freed, so
-every step's logits, activations and gradients are faulted in again page by page (measured:
-a 32 MB tensor costs 18 ms to allocate and fill that way, 2 ms when the memory is reused).
+every step's logits, activations and gradients are faulted in again page by page (a 32 MB
+tensor: 15 ms to allocate and fill that way, 1.1-1.4 ms when the memory is reused;
+benchmarks/bench_allocator.py).
 Raising the mmap and trim thresholds keeps those pages in the heap for the next step.
 """
 
