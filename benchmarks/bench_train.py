@@ -1,18 +1,23 @@
 """Training tokens/s of lmsuite's trainer against transformers' GPTNeoXForCausalLM.
 
 Same shape, batch, data and optimizer (AdamW with GPT-NeoX's weight-decay groups, clipping
-1.0) for every size of a suite. Each implementation runs in its own process:
+1.0) for every size of a suite. Each implementation lives in its own worker process:
 - "lmsuite": lmsuite's model and optimizer, with the trainer's runtime settings
-  (`keep_freed_memory`, fused AdamW);
+  (`keep_freed_memory`, fused AdamW, deterministic algorithms);
 - "transformers": GPTNeoXForCausalLM in a plain PyTorch loop (foreach AdamW), as users run it;
 - "transformers+alloc": the same, given lmsuite's allocator setting too, to show how much
   of the difference that setting alone makes.
+
+This machine's speed drifts by tens of percent over minutes, so the workers take turns: each
+round times every implementation once on the same size (in a rotating order) while the
+others wait, and a speedup is the median over rounds of the ratio within a round.
 Also measures this machine's fp32 matmul rate and the share of it lmsuite reaches.
 Prints one JSON line per size, then a summary line.
 """
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -42,24 +47,9 @@ def flops_per_token(cfg, seq_len: int) -> float:
     return 6 * dense + 12 * cfg.layers * seq_len * cfg.d_model
 
 
-def tokens_per_s(step, batches, seconds: float, rounds: int = 5) -> float:
-    """The best of `rounds` timed rounds (this machine's other load only ever slows a round)."""
-    for i in range(3):
-        step(batches[i % len(batches)])
-    best = 0.0
-    for _ in range(rounds):
-        start, count, tokens = time.perf_counter(), 0, 0
-        while time.perf_counter() - start < seconds / rounds:
-            batch = batches[count % len(batches)]
-            step(batch)
-            count += 1
-            tokens += batch.shape[0] * (batch.shape[1] - 1)
-        best = max(best, tokens / (time.perf_counter() - start))
-    return best
-
-
-def worker(impl: str, config: str, seconds: float) -> None:
-    """Measure one implementation on every size; print {model: tokens/s} as JSON."""
+def worker(impl: str, config: str) -> None:
+    """Serve timing requests: read `<size> <seconds>` lines, answer each with the tokens/s of
+    training that size for that long (after warm-up steps the first time)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from lmsuite.config import load_suite
@@ -70,20 +60,24 @@ def worker(impl: str, config: str, seconds: float) -> None:
 
     if impl in ("lmsuite", "transformers+alloc"):
         keep_freed_memory()
+    if impl == "lmsuite":
+        torch.use_deterministic_algorithms(True)
     suite = load_suite(config)
     b, length = suite.train.micro_batch_size, suite.data.seq_len + 1
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, suite.data.vocab_size, (b, length), generator=gen)
                for _ in range(8)]
-    rates = {}
-    for size in suite.models:
+    steps = {}
+
+    def build(name: str):
+        size = suite.model(name)
         cfg = config_for_size(size, suite.data.vocab_size, suite.data.seq_len)
         if impl == "lmsuite":
             model = GPTNeoX(cfg)
             model.init_weights(0)
             optimizer = make_optimizer(model, size, suite, fused=True)
 
-            def loss_of(batch, model=model):
+            def loss_of(batch):
                 return model(batch[:, :-1], labels=batch[:, 1:])[1]
         else:
             keys = {k: v for k, v in hf_config(cfg).items()
@@ -91,54 +85,93 @@ def worker(impl: str, config: str, seconds: float) -> None:
             model = GPTNeoXForCausalLM(GPTNeoXConfig(**keys))
             optimizer = make_optimizer(model, size, suite, fused=False)
 
-            def loss_of(batch, model=model):  # transformers shifts the labels itself
+            def loss_of(batch):  # transformers shifts the labels itself
                 return model(input_ids=batch, labels=batch).loss
 
-        def step(batch, model=model, optimizer=optimizer, loss_of=loss_of):
+        def step(batch):
             loss_of(batch).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        rates[size.name] = tokens_per_s(step, batches, seconds)
-    print(json.dumps(rates))
+        for i in range(3):
+            step(batches[i])
+        return step
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name, seconds = line.split()
+        if name not in steps:
+            steps.clear()  # one model at a time
+            steps[name] = build(name)
+        start, count, tokens = time.perf_counter(), 0, 0
+        while time.perf_counter() - start < float(seconds):
+            batch = batches[count % len(batches)]
+            steps[name](batch)
+            count += 1
+            tokens += batch.shape[0] * (batch.shape[1] - 1)
+        print(tokens / (time.perf_counter() - start), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", nargs="?", default="configs/tiny.toml")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per size and implementation")
+    parser.add_argument("--rounds", type=int, default=7, help="turns per size")
+    parser.add_argument("--seconds", type=float, default=1.5,
+                        help="per size, implementation and round")
+    parser.add_argument("--models", help="comma-separated sizes (default: all)")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.config, args.seconds)
+        worker(args.worker, args.config)
         return
     from lmsuite.config import load_suite
     from lmsuite.model.neox import config_for_size
 
-    rates = {}
-    for impl in IMPLEMENTATIONS:
-        out = subprocess.run([sys.executable, __file__, args.config, "--seconds",
-                              str(args.seconds), "--worker", impl],
-                             check=True, capture_output=True, text=True).stdout
-        rates[impl] = json.loads(out.strip().splitlines()[-1])
-    peak = matmul_gflops()
     suite = load_suite(args.config)
+    names = args.models.split(",") if args.models else [m.name for m in suite.models]
+    workers = {impl: subprocess.Popen(
+        [sys.executable, __file__, args.config, "--worker", impl],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for impl in IMPLEMENTATIONS}
+    for w in workers.values():
+        assert w.stdout.readline().strip() == "ready"
+
+    def measure(impl: str, name: str) -> float:
+        w = workers[impl]
+        w.stdin.write(f"{name} {args.seconds}\n")
+        w.stdin.flush()
+        return float(w.stdout.readline())
+
+    peak = matmul_gflops()
     speedups = {}
-    for size in suite.models:
-        cfg = config_for_size(size, suite.data.vocab_size, suite.data.seq_len)
-        ours, hf, hf_alloc = (rates[i][size.name] for i in IMPLEMENTATIONS)
-        achieved = ours * flops_per_token(cfg, suite.data.seq_len) / 1e9
-        speedups[size.name] = round(ours / hf, 2)
+    for name in names:
+        rates = {impl: [] for impl in IMPLEMENTATIONS}
+        for r in range(args.rounds):
+            order = IMPLEMENTATIONS[r % 3:] + IMPLEMENTATIONS[:r % 3]
+            for impl in order:
+                rates[impl].append(measure(impl, name))
+        ours, hf, hf_alloc = (rates[i] for i in IMPLEMENTATIONS)
+        ratio = [a / b for a, b in zip(ours, hf, strict=True)]
+        ratio_alloc = [a / b for a, b in zip(ours, hf_alloc, strict=True)]
+        cfg = config_for_size(suite.model(name), suite.data.vocab_size, suite.data.seq_len)
+        achieved = statistics.median(ours) * flops_per_token(cfg, suite.data.seq_len) / 1e9
+        speedups[name] = round(statistics.median(ratio), 2)
         print(json.dumps({
-            "benchmark": "train", "model": size.name, "d_model": cfg.d_model,
-            "layers": cfg.layers, "batch": [suite.train.micro_batch_size, suite.data.seq_len],
-            "lmsuite_tokens_per_s": round(ours), "transformers_tokens_per_s": round(hf),
-            "transformers_alloc_tokens_per_s": round(hf_alloc),
-            "speedup": round(ours / hf, 2), "speedup_same_allocator": round(ours / hf_alloc, 2),
+            "benchmark": "train", "model": name, "d_model": cfg.d_model, "layers": cfg.layers,
+            "batch": [suite.train.micro_batch_size, suite.data.seq_len], "rounds": args.rounds,
+            "lmsuite_tokens_per_s": round(statistics.median(ours)),
+            "transformers_tokens_per_s": round(statistics.median(hf)),
+            "transformers_alloc_tokens_per_s": round(statistics.median(hf_alloc)),
+            "speedup": round(statistics.median(ratio), 2),
+            "speedup_range": [round(min(ratio), 2), round(max(ratio), 2)],
+            "speedup_same_allocator": round(statistics.median(ratio_alloc), 2),
             "achieved_gflops": round(achieved, 1),
             "share_of_matmul_peak": round(achieved / peak, 3),
-        }))
+        }), flush=True)
+    for w in workers.values():
+        w.stdin.close()
+        w.wait()
     print(json.dumps({"benchmark": "train_summary", "threads": torch.get_num_threads(),
                       "matmul_fp32_gflops": round(peak, 1), "speedups": speedups}))
 
