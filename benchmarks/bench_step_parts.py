@@ -111,7 +111,7 @@ def main() -> None:
     keep_freed_memory()
     torch.use_deterministic_algorithms(True)
     suite = load_suite(args.config)
-    names = args.models.split(",") if args.models else [m.name for m in suite.models]
+    names = args.models.split(",") if args.models else suite.model_names()
     peak = matmul_gflops()
     for name in names:
         print(json.dumps(parts(suite, name, args.rounds, peak)), flush=True)

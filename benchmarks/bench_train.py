@@ -129,19 +129,28 @@ def main() -> None:
     from lmsuite.model.neox import config_for_size
 
     suite = load_suite(args.config)
-    names = args.models.split(",") if args.models else [m.name for m in suite.models]
+    names = args.models.split(",") if args.models else suite.model_names()
+    for name in names:
+        suite.model(name)  # an unknown size fails here, with the sizes there are
     workers = {impl: subprocess.Popen(
         [sys.executable, __file__, args.config, "--worker", impl],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for impl in IMPLEMENTATIONS}
-    for w in workers.values():
-        assert w.stdout.readline().strip() == "ready"
+
+    def answer(impl: str) -> str:
+        line = workers[impl].stdout.readline().strip()
+        if not line:
+            sys.exit(f"the {impl} worker stopped; run `{sys.argv[0]} {args.config} --worker "
+                     f"{impl}` and type a size and a duration to see why")
+        return line
+
+    for impl in IMPLEMENTATIONS:
+        answer(impl)  # "ready"
 
     def measure(impl: str, name: str) -> float:
-        w = workers[impl]
-        w.stdin.write(f"{name} {args.seconds}\n")
-        w.stdin.flush()
-        return float(w.stdout.readline())
+        workers[impl].stdin.write(f"{name} {args.seconds}\n")
+        workers[impl].stdin.flush()
+        return float(answer(impl))
 
     peak = matmul_gflops()
     speedups = {}
