@@ -4,10 +4,13 @@ Times, interleaved so that the machine's drift hits each alike (median of the ro
 - the trunk (embedding, layers, final LayerNorm) forward, and forward + backward;
 - the same plus the output layer (full-vocabulary logits), forward + backward;
 - the same plus the cross-entropy, forward + backward;
-- the whole step (with clipping and the fused AdamW update).
+- the whole step (with clipping and the fused AdamW update);
+- the whole step with rotary, GELU and the cross-entropy costing nothing (rotary and GELU
+  replaced by the identity, the cross-entropy by the mean logit): a bound on what any fused
+  kernel for those three could save.
 Differences give each part's cost. `matmul_floor_ms` is how long the step's arithmetic
 (bench_train's FLOP count) would take at this machine's fp32 rate for 1024^3 products,
-measured in the same run: what is left above it is the cost of everything but matrix
+timed in the same rounds: what is left above it is the cost of everything but matrix
 products. Also times the elementwise `exp` per element (one thread),
 which the log-softmax over the vocabulary and the attention softmax pay for every logit.
 Prints one JSON line per size, then one for `exp`.
@@ -17,26 +20,47 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import torch
-from bench_train import flops_per_token, matmul_gflops
+from bench_train import flops_per_token
 
 from lmsuite.config import load_suite
+from lmsuite.model import neox
 from lmsuite.model.neox import GPTNeoX, config_for_size, rotary_tables
 from lmsuite.train.allocator import keep_freed_memory
 from lmsuite.train.trainer import make_optimizer
 
 
-def parts(suite, name: str, rounds: int, peak_gflops: float) -> dict:
+@contextmanager
+def free_elementwise():
+    """Within: lmsuite's model skips rotary, GELU and the cross-entropy (wrong numbers,
+    same shapes), so a step costs what it would if those cost nothing."""
+    saved_f, saved_rotary = neox.F, neox.apply_rotary
+    neox.F = SimpleNamespace(**{k: getattr(saved_f, k) for k in dir(saved_f)
+                                if not k.startswith("__")})
+    neox.F.gelu = lambda x, approximate="none": x
+    neox.F.cross_entropy = lambda logits, labels, ignore_index=-100: logits.mean()
+    neox.apply_rotary = lambda x, cos, sin: x
+    try:
+        yield
+    finally:
+        neox.F, neox.apply_rotary = saved_f, saved_rotary
+
+
+def parts(suite, name: str, rounds: int) -> dict:
     size = suite.model(name)
     cfg = config_for_size(size, suite.data.vocab_size, suite.data.seq_len)
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, suite.data.vocab_size,
                           (suite.train.micro_batch_size, suite.data.seq_len + 1), generator=gen)
     inputs, labels = batch[:, :-1], batch[:, 1:]
-    model = GPTNeoX(cfg)
+    model, free_model = GPTNeoX(cfg), GPTNeoX(cfg)  # the second trains on wrong numbers
     model.init_weights(0)
+    free_model.init_weights(0)
     optimizer = make_optimizer(model, size, suite, fused=True)
+    free_optimizer = make_optimizer(free_model, size, suite, fused=True)
 
     def trunk():
         x = model.gpt_neox.embed_in(inputs)
@@ -53,18 +77,25 @@ def parts(suite, name: str, rounds: int, peak_gflops: float) -> dict:
         out.backward()
         model.zero_grad(set_to_none=True)
 
-    def step():
+    def step(model=model, optimizer=optimizer):
         model(inputs, labels=labels)[1].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def step_free():
+        with free_elementwise():
+            step(free_model, free_optimizer)
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     runs = {
+        "matmul": lambda: a @ b,
         "trunk_forward": trunk_forward,
         "trunk": lambda: backward(trunk().sum()),
         "logits": lambda: backward(model.embed_out(trunk()).sum()),
         "loss": lambda: backward(model(inputs, labels=labels)[1]),
         "step": step,
+        "step_free": step_free,
     }
     times = {k: [] for k in runs}
     for _ in range(3):
@@ -77,9 +108,11 @@ def parts(suite, name: str, rounds: int, peak_gflops: float) -> dict:
             times[k].append(time.perf_counter() - start)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     flops = flops_per_token(cfg, suite.data.seq_len) * inputs.numel()
+    peak_gflops = 2 * 1024**3 / ms["matmul"] / 1e6
     return {
         "benchmark": "step_parts", "model": name, "d_model": cfg.d_model, "layers": cfg.layers,
         "batch": [suite.train.micro_batch_size, suite.data.seq_len], "rounds": rounds,
+        "matmul_fp32_gflops": round(peak_gflops, 1),
         "step_ms": round(ms["step"], 1),
         "matmul_floor_ms": round(flops / peak_gflops / 1e6, 1),
         "trunk_forward_ms": round(ms["trunk_forward"], 1),
@@ -87,6 +120,8 @@ def parts(suite, name: str, rounds: int, peak_gflops: float) -> dict:
         "output_layer_ms": round(ms["logits"] - ms["trunk"], 1),
         "cross_entropy_ms": round(ms["loss"] - ms["logits"], 1),
         "clip_and_optimizer_ms": round(ms["step"] - ms["loss"], 1),
+        "step_free_rotary_gelu_ce_ms": round(ms["step_free"], 1),
+        "bound_on_fusing_them": round(ms["step"] / ms["step_free"], 2),
     }
 
 
@@ -112,11 +147,10 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     suite = load_suite(args.config)
     names = args.models.split(",") if args.models else suite.model_names()
-    peak = matmul_gflops()
     for name in names:
-        print(json.dumps(parts(suite, name, args.rounds, peak)), flush=True)
-    print(json.dumps({"benchmark": "exp", "matmul_fp32_gflops": round(peak, 1), "threads": 1,
-                      "elements": 1 << 16, "ns_per_element": round(exp_ns_per_element(), 2)}))
+        print(json.dumps(parts(suite, name, args.rounds)), flush=True)
+    print(json.dumps({"benchmark": "exp", "threads": 1, "elements": 1 << 16,
+                      "ns_per_element": round(exp_ns_per_element(), 2)}))
 
 
 if __name__ == "__main__":
