@@ -22,6 +22,12 @@ def context(run_dir, step=20):
                    run_dir / "data" / "standard"), folder
 
 
+def hf_reference(folder):
+    """The same checkpoint in transformers, with its tokenizer: the independent reference."""
+    return (GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval(),
+            AutoTokenizer.from_pretrained(folder, local_files_only=True))
+
+
 def hf_logprob(hf, tok, context_text, continuation, max_len=32):
     """log p(continuation | context) and greedy-ness, computed with transformers by hand; the
     input is cut from the left to the model's context, as lm-evaluation-harness does."""
@@ -39,8 +45,7 @@ def hf_logprob(hf, tok, context_text, continuation, max_len=32):
 def test_lambada_scores_match_a_hand_computation_with_transformers(small_run):
     _, run_dir = small_run
     ctx, folder = context(run_dir)
-    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    hf, tok = hf_reference(folder)
     items = ctx.eval_items("lambada")
     scored = [hf_logprob(hf, tok, t["text"].rsplit(" ", 1)[0], " " + t["text"].rsplit(" ", 1)[1])
               for t in items]
@@ -55,7 +60,7 @@ def test_perplexity_matches_a_hand_computation(small_run):
 
     _, run_dir = small_run
     ctx, folder = context(run_dir)
-    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    hf, _ = hf_reference(folder)
     val = IndexedDataset(run_dir / "data" / "standard" / "val")
     nll, tokens, size = 0.0, 0, 0
     for i in range(len(val)):
@@ -78,8 +83,7 @@ def test_perplexity_matches_a_hand_computation(small_run):
 def test_bias_probes_are_computed_from_pronoun_likelihoods(small_run):
     _, run_dir = small_run
     ctx, folder = context(run_dir)
-    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    hf, tok = hf_reference(folder)
     items = ctx.eval_items("pronouns")
     summary, per_item = pronouns(ctx)
     rows = dict((m, v) for m, v, _ in summary)
@@ -99,8 +103,7 @@ def test_bias_probes_are_computed_from_pronoun_likelihoods(small_run):
 def test_pct_stereotype_counts_pairs_whose_stereotypical_sentence_is_likelier(small_run):
     _, run_dir = small_run
     ctx, folder = context(run_dir)
-    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    hf, tok = hf_reference(folder)
 
     def sentence_logprob(text):  # the whole sentence after an EOD token, as lm-eval scores it
         ids = [0, *tok(text)["input_ids"]]
@@ -118,7 +121,7 @@ def test_batched_greedy_generation_equals_transformers_generate(small_run):
     _, run_dir = small_run
     _, folder = context(run_dir)
     model = load_model(folder)
-    hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    hf, _ = hf_reference(folder)
     tok = load_tokenizer(folder)
     prompts = [tok.encode(p).ids for p in
                ["Q: What is 12 times 7? A:", "The nurse said that",
