@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmsuite.config import ModelConfig
+from lmsuite.model.cpu_kernels import fused_attention, fused_cross_entropy
 
 # --- rotary position embedding ------------------------------------------------------------
 
@@ -51,8 +52,13 @@ class NeoXAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
         b, t, d = x.shape
-        qkv = self.query_key_value(x).view(b, t, self.heads, 3 * self.head_dim)
-        qkv = qkv.transpose(1, 2)  # (batch, heads, seq, 3 * head_dim)
+        qkv = self.query_key_value(x)
+        if mask is None and kv is None:  # training and plain scoring: one fused kernel on CPU
+            y = fused_attention(qkv, cos, sin, self.heads)
+            if y is not None:
+                return self.dense(y)
+        # (batch, heads, seq, 3 * head_dim)
+        qkv = qkv.view(b, t, self.heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv is not None:  # incremental decoding: attend to the cached keys too
@@ -217,7 +223,10 @@ class GPTNeoX(nn.Module):
         logits = self.embed_out(self.gpt_neox.final_layer_norm(x))  # (batch, seq, vocab)
         if labels is None:
             return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        flat_logits, flat_labels = logits.flatten(0, 1).float(), labels.flatten()
+        loss = fused_cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+        if loss is None:
+            loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
         return logits, loss
 
     def init_weights(self, seed: int) -> None:

@@ -1,0 +1,277 @@
+"""Fused CPU kernels in C, compiled on first use with the machine's C compiler.
+
+On a CPU, a small model's step spends as much time on the glue around its matrix products as
+on the products themselves; rotary embedding and attention, with their transposes, slices and
+copies, are the largest part of it. `fused_attention` does rotary and causal attention of a
+layer in one C kernel, forward and backward (`csrc/attention.c`).
+
+The kernel is built once per machine, compiler and head size into the cache folder
+(`$LMSUITE_CACHE`, else `$XDG_CACHE_HOME/lmsuite`, else `~/.cache/lmsuite`), written
+atomically, with `-march=native` and OpenMP; it runs on PyTorch's own OpenMP threads. Where it
+cannot be built or loaded (no C compiler, no OpenMP, PyTorch not on libgomp), or does not apply
+(not fp32 on CPU, a padding mask or a KV cache, a head size not a multiple of 8, sequences
+longer than `MAX_SEQ`), the model uses PyTorch's attention, which gives the same results to
+float rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SOURCES = Path(__file__).parent / "csrc"
+MAX_SEQ = 512
+"""Longest sequence the attention kernel takes: it keeps batch * heads * seq^2 probabilities."""
+
+
+_disabled_depth = 0
+
+
+def enabled() -> bool:
+    """False when the environment turns the kernels off (LMSUITE_CPU_KERNELS=0)."""
+    return os.environ.get("LMSUITE_CPU_KERNELS", "1") != "0"
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Within: the model uses PyTorch's operations only (to compare against the kernels)."""
+    global _disabled_depth
+    _disabled_depth += 1
+    try:
+        yield
+    finally:
+        _disabled_depth -= 1
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept."""
+    root = os.environ.get("LMSUITE_CACHE")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = os.path.join(base, "lmsuite")
+    return Path(root) / "kernels"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its instruction-set flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _compiler() -> tuple[str, str] | None:
+    """(path, version text) of the C compiler ($CC, else cc), or None when there is none."""
+    path = shutil.which(os.environ.get("CC", "cc"))
+    if path is None:
+        return None
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (path, proc.stdout) if proc.returncode == 0 else None
+
+
+def _openmp_runtimes() -> set[str]:
+    """Files of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    names = ("libgomp", "libiomp", "libomp")
+    return {line.split()[-1] for line in maps.splitlines()
+            if any(n in line.rsplit("/", 1)[-1] for n in names)}
+
+
+def build(name: str, defines: dict[str, int]) -> Path | None:
+    """Compile csrc/<name>.c with `defines` into the cache (once); the library's path, or None
+    (with a warning) when it cannot be built."""
+    compiler = _compiler()
+    if compiler is None:
+        warnings.warn("lmsuite: no C compiler (cc or $CC) found; using PyTorch's operations, "
+                      "which are slower on CPU", stacklevel=3)
+        return None
+    cc, version = compiler
+    source = SOURCES / f"{name}.c"
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp",
+             *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
+    key = hashlib.sha256("\0".join([source.read_text(), *flags, version, _cpu_identity(),
+                                    platform.machine()]).encode()).hexdigest()[:16]
+    tag = "".join(f"-{k.lower()}{v}" for k, v in sorted(defines.items()))
+    out = cache_dir() / f"{name}{tag}-{key}.so"
+    if out.exists():
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        warnings.warn(f"lmsuite: cannot write the kernel cache {out.parent} ({err}); using "
+                      "PyTorch's operations, which are slower on CPU", stacklevel=3)
+        return None
+    try:
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(source), "-lm"],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            warnings.warn(f"lmsuite: building {source.name} with {cc} failed ({detail}); "
+                          "using PyTorch's operations, which are slower on CPU", stacklevel=3)
+            return None
+        os.replace(tmp, out)  # another process building the same file at once is harmless
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
+    """csrc/<name>.c built with `defines` and loaded; None where that cannot be done."""
+    if not enabled() or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    path = build(name, defines)
+    if path is None:
+        return None
+    before = _openmp_runtimes()
+    lib = ctypes.CDLL(str(path))
+    if len(_openmp_runtimes()) > max(1, len(before)):
+        # A second OpenMP runtime would compete with PyTorch's threads for the cores.
+        warnings.warn(f"lmsuite: the {name} kernel loaded an OpenMP runtime other than "
+                      "PyTorch's; using PyTorch's operations instead", stacklevel=3)
+        return None
+    return lib
+
+
+@cache
+def attention_library(head_dim: int) -> ctypes.CDLL | None:
+    """The attention kernel for heads of `head_dim`, built and loaded; None where it cannot be."""
+    if head_dim % 8:
+        return None
+    lib = _load("attention", {"HD": head_dim})
+    if lib is None:
+        return None
+    ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.attention_forward.argtypes = [ptr] * 5 + [i32] * 4 + [f32, i32]
+    lib.attention_backward.argtypes = [ptr] * 7 + [i32] * 4 + [f32, i32]
+    lib.attention_forward.restype = lib.attention_backward.restype = i32
+    return lib
+
+
+@cache
+def cross_entropy_library() -> ctypes.CDLL | None:
+    """The cross-entropy kernel, built and loaded; None where it cannot be."""
+    lib = _load("cross_entropy", {})
+    if lib is None:
+        return None
+    ptr = ctypes.c_void_p
+    lib.cross_entropy.argtypes = [ptr] * 4 + [ctypes.c_long, ctypes.c_int, ctypes.c_int64,
+                                              ctypes.c_int, ptr, ptr]
+    lib.cross_entropy.restype = ctypes.c_long
+    return lib
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, heads, lib):
+        b, t, width = qkv.shape
+        head_dim = width // (3 * heads)
+        t8 = -(-t // 8) * 8
+        res = qkv.new_empty(b, t, heads * head_dim)
+        probs = qkv.new_empty(b, heads, t8, t8)
+        scale = 1.0 / math.sqrt(head_dim)
+        if lib.attention_forward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), res.data_ptr(),
+                                 probs.data_ptr(), b, t, heads, cos.shape[-1], scale,
+                                 torch.get_num_threads()):
+            raise MemoryError("attention kernel: out of memory for its scratch buffers")
+        ctx.save_for_backward(qkv, cos, sin, res, probs)
+        ctx.heads, ctx.lib, ctx.scale = heads, lib, scale
+        return res
+
+    @staticmethod
+    def backward(ctx, grad):
+        qkv, cos, sin, res, probs = ctx.saved_tensors
+        grad = grad.contiguous()
+        dqkv = torch.empty_like(qkv)
+        b, t, _ = qkv.shape
+        if ctx.lib.attention_backward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                                      res.data_ptr(), grad.data_ptr(), probs.data_ptr(),
+                                      dqkv.data_ptr(), b, t, ctx.heads, cos.shape[-1], ctx.scale,
+                                      torch.get_num_threads()):
+            raise MemoryError("attention kernel: out of memory for its scratch buffers")
+        return dqkv, None, None, None, None
+
+
+def fused_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    heads: int) -> torch.Tensor | None:
+    """Causal attention of a fused QKV projection with rotary: (batch, seq, heads * 3 *
+    head_dim), laid out per head as [q | k | v], -> (batch, seq, heads * head_dim), the heads
+    side by side. cos and sin (seq, width) rotate the first `width` dims of q and k as
+    `neox.apply_rotary` does. None when the kernel does not apply; the caller then uses
+    PyTorch's attention."""
+    b, t, width = qkv.shape
+    if (_disabled_depth or qkv.device.type != "cpu" or qkv.dtype != torch.float32
+            or cos.dtype != torch.float32 or t > MAX_SEQ or width % (3 * heads)
+            or not sys.platform.startswith("linux")):
+        return None
+    lib = attention_library(width // (3 * heads))
+    if lib is None:
+        return None
+    return _Attention.apply(qkv.contiguous(), cos.contiguous(), sin.contiguous(), heads, lib)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, ignore_index, lib):
+        n, vocab = logits.shape
+        grad = torch.empty_like(logits)
+        row_loss = logits.new_empty(n)
+        total, bad = ctypes.c_double(), ctypes.c_long()
+        count = lib.cross_entropy(logits.data_ptr(), labels.data_ptr(), grad.data_ptr(),
+                                  row_loss.data_ptr(), n, vocab, ignore_index,
+                                  torch.get_num_threads(), ctypes.byref(total), ctypes.byref(bad))
+        if count < 0:
+            raise IndexError(f"cross_entropy: label {int(labels[bad.value])} at row {bad.value} "
+                             f"is out of range for {vocab} classes")
+        ctx.save_for_backward(grad)
+        ctx.count, ctx.done = count, False
+        return logits.new_tensor(total.value / count if count else float("nan"))
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.done:
+            raise RuntimeError("the fused cross-entropy's backward runs once (it scales its "
+                               "saved gradient in place); retain_graph is not supported")
+        ctx.done = True
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(g / ctx.count), None, None, None
+
+
+def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                        ignore_index: int = -100) -> torch.Tensor | None:
+    """Mean cross-entropy of logits (rows, classes) against labels (rows,), as
+    `F.cross_entropy(logits, labels, ignore_index=ignore_index)`; None when the kernel does
+    not apply here, and the caller then uses PyTorch's."""
+    if (_disabled_depth or logits.device.type != "cpu" or logits.dtype != torch.float32
+            or logits.ndim != 2
+            or labels.dtype != torch.int64 or not sys.platform.startswith("linux")
+            or logits.shape[1] >= 2**31):
+        return None
+    lib = cross_entropy_library()
+    if lib is None:
+        return None
+    return _CrossEntropy.apply(logits.contiguous(), labels.contiguous(), ignore_index, lib)

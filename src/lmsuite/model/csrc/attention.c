@@ -1,0 +1,333 @@
+/* Causal self-attention with rotary position embedding, forward and backward, for CPU in fp32.
+
+   One call handles a whole layer: it reads the fused QKV projection (batch, seq, heads * 3 *
+   HD, laid out per head as [q | k | v] as in GPT-NeoX), rotates q and k, attends causally, and
+   writes the heads' outputs side by side (batch, seq, heads * HD), ready for the output
+   projection. The backward pass writes the gradient in the fused QKV layout. This replaces the
+   transposes, slices, concatenations and copies that rotary and attention otherwise cost per
+   layer, which on a CPU weigh as much as the attention arithmetic when heads are small.
+
+   The softmax probabilities are kept for the backward pass (batch * heads * seq^2 floats), so
+   it is meant for short sequences. Each (sequence, head) pair is computed whole by one thread,
+   so results do not depend on the number of threads. HD, the head dimension, is fixed at
+   compile time (a multiple of 8). Written with GCC/Clang vector extensions: 8 floats at a time.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef HD
+#error "compile with -DHD=<head dim>"
+#endif
+#define R 4 /* rows per block: the helpers below hold 4 rows of accumulators */
+#if HD % 8
+#error "HD must be a multiple of 8"
+#endif
+#define NV (HD / 8)
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+typedef int v8i __attribute__((vector_size(32), aligned(4)));
+static inline v8 ld(const float *p) { return *(const v8 *)p; }
+static inline void st(float *p, v8 v) { *(v8 *)p = v; }
+
+/* e^x for x <= 0 (softmax arguments), 8 at a time: 2^n * p(r), Cephes' polynomial. */
+static inline v8 vexp(v8 x) {
+    const v8 lo = {-87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f};
+    v8i low = x < lo;
+    x = (v8)(((v8i)x & ~low) | ((v8i)lo & low));
+    /* fx lies in (-126, 0.5]: shifted positive, truncation is floor */
+    v8 fx = x * 1.44269504088896341f + 128.5f;
+    v8i n = __builtin_convertvector(fx, v8i) - 128;
+    v8 fn = __builtin_convertvector(n, v8);
+    v8 r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    v8 r2 = r * r;
+    v8 p = (v8){0} + 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r2 + r + 1.0f;
+    v8i bits = (n + 127) << 23;
+    return p * (v8)bits;
+}
+
+typedef struct {
+    const float *qkv, *cos, *sin, *dres;
+    float *res, *probs, *dqkv;
+    int B, T, H, width;
+    float scale;
+    int first, last; /* (b, h) pairs of this thread */
+    int *failed;     /* set when a thread cannot get its scratch memory */
+} job_t;
+
+static inline int tpad(int T) { return (T + 7) / 8 * 8; } /* rows padded to whole vectors */
+
+/* q, k, v of head h of sequence b into padded (T8 x HD) buffers, rotary applied to q and k,
+   q scaled. */
+static void load_head(const job_t *a, int b, int h, float *q, float *k, float *v) {
+    int T = a->T, T8 = tpad(T), H = a->H, width = a->width, half = width / 2;
+    for (int i = 0; i < T8; i++) {
+        float *qi = q + i * HD, *ki = k + i * HD, *vi = v + i * HD;
+        if (i >= T) {
+            memset(qi, 0, HD * sizeof(float));
+            memset(ki, 0, HD * sizeof(float));
+            memset(vi, 0, HD * sizeof(float));
+            continue;
+        }
+        const float *src = a->qkv + ((size_t)b * T + i) * 3 * H * HD + (size_t)h * 3 * HD;
+        const float *c = a->cos + (size_t)i * width, *s = a->sin + (size_t)i * width;
+        for (int d = 0; d < half; d++) {
+            qi[d] = (src[d] * c[d] - src[d + half] * s[d]) * a->scale;
+            ki[d] = src[HD + d] * c[d] - src[HD + d + half] * s[d];
+        }
+        for (int d = half; d < width; d++) {
+            qi[d] = (src[d] * c[d] + src[d - half] * s[d]) * a->scale;
+            ki[d] = src[HD + d] * c[d] + src[HD + d - half] * s[d];
+        }
+        for (int d = width; d < HD; d++) {
+            qi[d] = src[d] * a->scale;
+            ki[d] = src[HD + d];
+        }
+        memcpy(vi, src + 2 * HD, HD * sizeof(float));
+    }
+}
+
+/* out[r][j] = x[i0 + r] . yT[:, j] for r < 4, j < n rounded up to 8  (yT: HD x T8) */
+static inline void rows_dot(const float *x, const float *yT, int T8, int i0, int n, float *out) {
+    const float *xr = x + i0 * HD;
+    for (int j = 0; j < n; j += 8) {
+        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int c = 0; c < HD; c++) {
+            v8 y = ld(yT + c * T8 + j);
+            a0 += xr[c] * y;
+            a1 += xr[HD + c] * y;
+            a2 += xr[2 * HD + c] * y;
+            a3 += xr[3 * HD + c] * y;
+        }
+        st(out + j, a0);
+        st(out + T8 + j, a1);
+        st(out + 2 * T8 + j, a2);
+        st(out + 3 * T8 + j, a3);
+    }
+}
+
+/* out[r] = sum_{j < n} w[i0 + r][j] * x[j] for r < 4  (w: T8 x T8, x: T8 x HD) */
+static inline void rows_comb(const float *w, const float *x, int T8, int i0, int n, float *out) {
+    v8 a0[NV] = {0}, a1[NV] = {0}, a2[NV] = {0}, a3[NV] = {0};
+    const float *w0 = w + (size_t)i0 * T8;
+    for (int j = 0; j < n; j++) {
+        float p0 = w0[j], p1 = w0[T8 + j], p2 = w0[2 * T8 + j], p3 = w0[3 * T8 + j];
+        for (int c = 0; c < NV; c++) {
+            v8 xj = ld(x + j * HD + 8 * c);
+            a0[c] += p0 * xj;
+            a1[c] += p1 * xj;
+            a2[c] += p2 * xj;
+            a3[c] += p3 * xj;
+        }
+    }
+    for (int c = 0; c < NV; c++) {
+        st(out + 8 * c, a0[c]);
+        st(out + HD + 8 * c, a1[c]);
+        st(out + 2 * HD + 8 * c, a2[c]);
+        st(out + 3 * HD + 8 * c, a3[c]);
+    }
+}
+
+/* out[r] = sum_{i >= j0} w[i][j0 + r] * x[i] for r < 4  (the transpose of rows_comb, causal) */
+static inline void cols_comb(const float *w, const float *x, int T8, int j0, float *out) {
+    v8 a0[NV] = {0}, a1[NV] = {0}, a2[NV] = {0}, a3[NV] = {0};
+    for (int i = j0; i < T8; i++) {
+        const float *wi = w + (size_t)i * T8 + j0;
+        float p0 = wi[0], p1 = wi[1], p2 = wi[2], p3 = wi[3];
+        for (int c = 0; c < NV; c++) {
+            v8 xi = ld(x + i * HD + 8 * c);
+            a0[c] += p0 * xi;
+            a1[c] += p1 * xi;
+            a2[c] += p2 * xi;
+            a3[c] += p3 * xi;
+        }
+    }
+    for (int c = 0; c < NV; c++) {
+        st(out + 8 * c, a0[c]);
+        st(out + HD + 8 * c, a1[c]);
+        st(out + 2 * HD + 8 * c, a2[c]);
+        st(out + 3 * HD + 8 * c, a3[c]);
+    }
+}
+
+static void transpose(const float *x, int T8, float *xT) {
+    for (int i = 0; i < T8; i++)
+        for (int c = 0; c < HD; c++) xT[c * T8 + i] = x[i * HD + c];
+}
+
+static void *forward_job(void *arg) {
+    const job_t *a = arg;
+    int T = a->T, T8 = tpad(T), H = a->H;
+    float *buf = malloc(sizeof(float) * (size_t)T8 * HD * 4);
+    if (buf == NULL) {
+        *a->failed = 1;
+        return NULL;
+    }
+    float *q = buf, *k = q + T8 * HD, *v = k + T8 * HD, *kT = v + T8 * HD;
+    float o[R][HD];
+    for (int bh = a->first; bh < a->last; bh++) {
+        int b = bh / H, h = bh % H;
+        load_head(a, b, h, q, k, v);
+        transpose(k, T8, kT);
+        float *P = a->probs + (size_t)bh * T8 * T8;
+        for (int i0 = 0; i0 < T8; i0 += R) {
+            int n = i0 + R;
+            rows_dot(q, kT, T8, i0, n, P + (size_t)i0 * T8);
+            for (int r = 0; r < R; r++) {
+                float *p = P + (size_t)(i0 + r) * T8;
+                int i = i0 + r;
+                const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+                v8 vmax = (v8){0} - 3.0e38f;
+                for (int j = 0; j <= i; j += 8) {
+                    v8 s = ld(p + j);
+                    v8i keep = (lane + j) <= i;
+                    s = (v8)(((v8i)s & keep) | ((v8i)vmax & ~keep));
+                    v8i more = s > vmax;
+                    vmax = (v8)(((v8i)s & more) | ((v8i)vmax & ~more));
+                }
+                float m = vmax[0];
+                for (int l = 1; l < 8; l++) m = vmax[l] > m ? vmax[l] : m;
+                v8 vsum = {0};
+                int j = 0;
+                for (; j <= i; j += 8) {
+                    v8 s = ld(p + j);
+                    s = (v8)((v8i)vexp(s - m) & ((lane + j) <= i));
+                    vsum += s;
+                    st(p + j, s);
+                }
+                for (; j < T8; j++) p[j] = 0;
+                float sum = 0;
+                for (int l = 0; l < 8; l++) sum += vsum[l];
+                v8 inv = (v8){0} + 1.0f / sum;
+                for (j = 0; j <= i; j += 8) {
+                    v8 s = ld(p + j);
+                    s *= inv;
+                    st(p + j, s);
+                }
+            }
+            rows_comb(P, v, T8, i0, n, &o[0][0]);
+            for (int r = 0; r < R && i0 + r < T; r++)
+                memcpy(a->res + ((size_t)b * T + i0 + r) * H * HD + (size_t)h * HD, o[r],
+                       HD * sizeof(float));
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+static void *backward_job(void *arg) {
+    const job_t *a = arg;
+    int T = a->T, T8 = tpad(T), H = a->H, width = a->width, half = width / 2;
+    float *buf = malloc(sizeof(float) * ((size_t)T8 * HD * 7 + (size_t)T8 * T8 + T8));
+    if (buf == NULL) {
+        *a->failed = 1;
+        return NULL;
+    }
+    float *q = buf, *k = q + T8 * HD, *v = k + T8 * HD, *vT = v + T8 * HD, *dO = vT + T8 * HD,
+          *dq = dO + T8 * HD, *dk = dq + T8 * HD, *dS = dk + T8 * HD, *D = dS + (size_t)T8 * T8;
+    float blk[R][HD];
+    for (int bh = a->first; bh < a->last; bh++) {
+        int b = bh / H, h = bh % H;
+        load_head(a, b, h, q, k, v);
+        transpose(v, T8, vT);
+        for (int i = 0; i < T8; i++) {
+            float *d = dO + i * HD;
+            if (i >= T) {
+                memset(d, 0, HD * sizeof(float));
+                D[i] = 0;
+                continue;
+            }
+            const float *g = a->dres + ((size_t)b * T + i) * H * HD + (size_t)h * HD;
+            const float *y = a->res + ((size_t)b * T + i) * H * HD + (size_t)h * HD;
+            float s = 0;
+            for (int c = 0; c < HD; c++) {
+                d[c] = g[c];
+                s += g[c] * y[c];
+            }
+            D[i] = s;
+        }
+        const float *P = a->probs + (size_t)bh * T8 * T8;
+        for (int i0 = 0; i0 < T8; i0 += R) {
+            int n = i0 + R;
+            rows_dot(dO, vT, T8, i0, n, dS + (size_t)i0 * T8);
+            for (int r = 0; r < R; r++) {
+                int i = i0 + r;
+                float *s = dS + (size_t)i * T8;
+                const float *p = P + (size_t)i * T8;
+                for (int j = 0; j < n; j++) s[j] = p[j] * (s[j] - D[i]);
+                for (int j = n; j < T8; j++) s[j] = 0;
+            }
+            rows_comb(dS, k, T8, i0, n, dq + i0 * HD);
+        }
+        for (int j0 = 0; j0 < T8; j0 += R) {
+            cols_comb(dS, q, T8, j0, dk + j0 * HD);
+            cols_comb(P, dO, T8, j0, &blk[0][0]); /* dv */
+            for (int r = 0; r < R && j0 + r < T; r++) {
+                float *dst = a->dqkv + ((size_t)b * T + j0 + r) * 3 * H * HD + (size_t)h * 3 * HD;
+                memcpy(dst + 2 * HD, blk[r], HD * sizeof(float));
+            }
+        }
+        for (int i = 0; i < T; i++) {
+            float *dst = a->dqkv + ((size_t)b * T + i) * 3 * H * HD + (size_t)h * 3 * HD;
+            const float *c = a->cos + (size_t)i * width, *s = a->sin + (size_t)i * width;
+            const float *gq = dq + i * HD, *gk = dk + i * HD;
+            for (int d = 0; d < half; d++) {
+                dst[d] = (gq[d] * c[d] + gq[d + half] * s[d + half]) * a->scale;
+                dst[HD + d] = gk[d] * c[d] + gk[d + half] * s[d + half];
+            }
+            for (int d = half; d < width; d++) {
+                dst[d] = (gq[d] * c[d] - gq[d - half] * s[d - half]) * a->scale;
+                dst[HD + d] = gk[d] * c[d] - gk[d - half] * s[d - half];
+            }
+            for (int d = width; d < HD; d++) {
+                dst[d] = gq[d] * a->scale;
+                dst[HD + d] = gk[d];
+            }
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+/* One (sequence, head) pair per task, on the caller's OpenMP threads (PyTorch's own pool
+   when loaded into PyTorch, whose libgomp shares the soname). */
+static void run(job_t base, int threads, void *(*fn)(void *)) {
+    int pairs = base.B * base.H;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int t = 0; t < threads; t++) {
+        job_t job = base;
+        job.first = (int)((long)pairs * t / threads);
+        job.last = (int)((long)pairs * (t + 1) / threads);
+        fn(&job);
+    }
+}
+
+int head_dim(void) { return HD; }
+
+/* qkv (B, T, H*3*HD), cos and sin (T, width) -> res (B, T, H*HD) and probs (B, H, T8, T8),
+   T8 = T rounded up to 8. Returns 0, or -1 when out of memory. */
+int attention_forward(const float *qkv, const float *cos, const float *sin, float *res,
+                      float *probs, int B, int T, int H, int width, float scale, int threads) {
+    int failed = 0;
+    job_t a = {.qkv = qkv, .cos = cos, .sin = sin, .res = res, .probs = probs,
+               .B = B, .T = T, .H = H, .width = width, .scale = scale, .failed = &failed};
+    run(a, threads, forward_job);
+    return failed ? -1 : 0;
+}
+
+/* The gradient of attention_forward's res, dres (B, T, H*HD), -> dqkv (B, T, H*3*HD).
+   Returns 0, or -1 when out of memory. */
+int attention_backward(const float *qkv, const float *cos, const float *sin, const float *res,
+                       const float *dres, const float *probs, float *dqkv, int B, int T, int H,
+                       int width, float scale, int threads) {
+    int failed = 0;
+    job_t a = {.qkv = qkv, .cos = cos, .sin = sin, .dres = dres, .res = (float *)res,
+               .probs = (float *)probs, .dqkv = dqkv, .B = B, .T = T, .H = H, .width = width,
+               .scale = scale, .failed = &failed};
+    run(a, threads, backward_job);
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,201 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmsuite.model import cpu_kernels
+from lmsuite.model.cpu_kernels import (
+    MAX_SEQ,
+    attention_library,
+    build,
+    fused_attention,
+    fused_cross_entropy,
+)
+from lmsuite.model.neox import GPTNeoX, NeoXConfig, apply_rotary, rotary_tables
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    if attention_library(16) is None:
+        pytest.skip("the CPU attention kernel cannot be built here (no C compiler or OpenMP)")
+
+
+@pytest.fixture(scope="module")
+def ce_kernel():
+    if cpu_kernels.cross_entropy_library() is None:
+        pytest.skip("the CPU cross-entropy kernel cannot be built here (no C compiler or OpenMP)")
+
+
+def reference_attention(qkv, cos, sin, heads):
+    """Rotary + causal attention the plain way, in float64."""
+    qkv, cos, sin = qkv.double(), cos.double(), sin.double()
+    b, t, width = qkv.shape
+    hd = width // (3 * heads)
+    q, k, v = qkv.view(b, t, heads, 3 * hd).transpose(1, 2).split(hd, dim=-1)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(b, t, heads * hd)
+
+
+@pytest.mark.parametrize("batch, seq, heads, head_dim, rotary_dims", [
+    (3, 37, 2, 8, 2),     # sequence not a multiple of 8
+    (2, 64, 3, 16, 4),    # the tiny suite's heads
+    (2, 21, 2, 24, 3),    # odd rotary width (rounded up to 4, as HF does); 3 vectors a row
+    (1, 128, 1, 32, 32),  # rotary on the whole head
+    (2, 9, 4, 16, 0),     # no rotary
+    (1, 1, 2, 8, 2),      # a single token
+])
+def test_fused_attention_matches_rotary_plus_sdpa_forward_and_backward(
+        kernels, batch, seq, heads, head_dim, rotary_dims):
+    gen = torch.Generator().manual_seed(seq)
+    qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen) * 2
+    cos, sin = rotary_tables(seq, rotary_dims, 10000.0)
+    grad = torch.randn(batch, seq, heads * head_dim, generator=gen)
+
+    x = qkv.clone().requires_grad_()
+    y = fused_attention(x, cos, sin, heads)
+    assert y is not None
+    y.backward(grad)
+    x_ref = qkv.double().requires_grad_()
+    y_ref = reference_attention(x_ref, cos, sin, heads)
+    y_ref.backward(grad.double())
+
+    torch.testing.assert_close(y.double(), y_ref.detach(), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_attention_does_not_depend_on_the_thread_count(kernels):
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(4, 50, 3 * 3 * 16, generator=gen)
+    cos, sin = rotary_tables(50, 4, 10000.0)
+    grad = torch.randn(4, 50, 3 * 16, generator=gen)
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            x = qkv.clone().requires_grad_()
+            y = fused_attention(x, cos, sin, 3)
+            y.backward(grad)
+            outputs.append((y.detach(), x.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    assert torch.equal(outputs[0][1], outputs[1][1])
+
+
+def test_fused_attention_declines_what_it_does_not_do(kernels):
+    cos, sin = rotary_tables(8, 2, 10000.0)
+    assert fused_attention(torch.randn(1, 8, 3 * 2 * 12), cos, sin, 2) is None  # head 12
+    assert fused_attention(torch.randn(1, 8, 3 * 16, dtype=torch.float64),
+                           cos.double(), sin.double(), 1) is None
+    long_cos, long_sin = rotary_tables(MAX_SEQ + 1, 4, 10000.0)
+    assert fused_attention(torch.randn(1, MAX_SEQ + 1, 3 * 16), long_cos, long_sin, 1) is None
+
+
+def model_outputs(cfg, tokens):
+    model = GPTNeoX(cfg)
+    model.init_weights(0)
+    logits, loss = model(tokens[:, :-1], labels=tokens[:, 1:])
+    loss.backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_model_with_and_without_the_kernels_agree(kernels, ce_kernel):
+    cfg = NeoXConfig(vocab_size=256, layers=2, d_model=64, heads=4)
+    tokens = torch.randint(0, 256, (3, 41), generator=torch.Generator().manual_seed(1))
+    fused = model_outputs(cfg, tokens)
+    with cpu_kernels.disabled():
+        plain = model_outputs(cfg, tokens)
+    torch.testing.assert_close(fused[0], plain[0], atol=1e-5, rtol=1e-5)
+    for name, g in plain[1].items():
+        torch.testing.assert_close(fused[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_environment_can_turn_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("LMSUITE_CPU_KERNELS", "0")
+    attention_library.cache_clear()
+    cpu_kernels.cross_entropy_library.cache_clear()
+    try:
+        assert attention_library(16) is None
+        assert cpu_kernels.cross_entropy_library() is None
+        assert fused_cross_entropy(torch.randn(2, 5), torch.tensor([0, 1])) is None
+    finally:
+        monkeypatch.delenv("LMSUITE_CPU_KERNELS")
+        attention_library.cache_clear()
+        cpu_kernels.cross_entropy_library.cache_clear()
+
+
+def test_build_is_cached_and_atomic(kernels, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path))
+    first = build("attention", {"HD": 8})
+    assert first is not None and first.parent == tmp_path / "kernels"
+    stamp = first.stat().st_mtime_ns
+    assert build("attention", {"HD": 8}) == first
+    assert first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temp files
+
+
+def test_without_a_compiler_the_model_falls_back_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.warns(UserWarning, match="no C compiler"):
+        assert build("attention", {"HD": 16}) is None
+    attention_library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = NeoXConfig(vocab_size=128, layers=1, d_model=32, heads=2)
+            model = GPTNeoX(cfg)
+            model.init_weights(0)
+            tokens = torch.randint(0, 128, (2, 9))
+            logits = model(tokens)
+        assert logits.shape == (2, 9, 128) and torch.isfinite(logits).all()
+        assert not any(tmp_path.joinpath("kernels").glob("*.so"))
+    finally:
+        attention_library.cache_clear()
+
+
+def test_a_failed_build_leaves_nothing_and_warns(tmp_path, monkeypatch):
+    script = tmp_path / "broken-cc"
+    script.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"
+                      "echo 'error: this compiler is broken' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(script))
+    with pytest.warns(UserWarning, match="this compiler is broken"):
+        assert build("attention", {"HD": 16}) is None
+    assert list((tmp_path / "cache" / "kernels").iterdir()) == []
+    assert cpu_kernels.enabled()
+
+
+@pytest.mark.parametrize("rows, classes", [(64, 2048), (33, 1003), (5, 7), (3, 50304)])
+def test_fused_cross_entropy_matches_pytorch(ce_kernel, rows, classes):
+    gen = torch.Generator().manual_seed(classes)
+    logits = torch.randn(rows, classes, generator=gen) * 4
+    logits[0, :3] = 60.0  # large logits: the max is subtracted before exp
+    labels = torch.randint(0, classes, (rows,), generator=gen)
+    labels[1] = -100
+    x = logits.clone().requires_grad_()
+    loss = fused_cross_entropy(x, labels)
+    (loss * 3).backward()
+    x_ref = logits.clone().requires_grad_()
+    ref = F.cross_entropy(x_ref, labels, ignore_index=-100)
+    (ref * 3).backward()
+    torch.testing.assert_close(loss, ref.detach(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-7, rtol=1e-5)
+    assert torch.all(x.grad[1] == 0)  # the ignored row
+
+
+def test_fused_cross_entropy_edge_cases(ce_kernel):
+    logits = torch.randn(4, 10)
+    assert torch.isnan(fused_cross_entropy(logits, torch.full((4,), -100)))  # as PyTorch
+    with pytest.raises(IndexError, match="label 10 at row 2 is out of range for 10 classes"):
+        fused_cross_entropy(logits, torch.tensor([1, 2, 10, 3]))
+    assert fused_cross_entropy(logits.double(), torch.tensor([1, 2, 3, 4])) is None
+    x = logits.clone().requires_grad_()
+    loss = fused_cross_entropy(x, torch.tensor([1, 2, 3, 4]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
