@@ -185,14 +185,29 @@ def cross_entropy_library() -> ctypes.CDLL | None:
     return lib
 
 
+@contextmanager
+def _unfilled() -> Iterator[None]:
+    """Within: new tensors are not filled first. Under deterministic algorithms PyTorch fills
+    every `empty` tensor with NaN; the kernels write every element of their outputs, and the
+    fill would cost as much as a tenth of a small model's step."""
+    deterministic = torch.utils.deterministic
+    saved = deterministic.fill_uninitialized_memory
+    deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        deterministic.fill_uninitialized_memory = saved
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, cos, sin, heads, lib):
         b, t, width = qkv.shape
         head_dim = width // (3 * heads)
         t8 = -(-t // 8) * 8
-        res = qkv.new_empty(b, t, heads * head_dim)
-        probs = qkv.new_empty(b, heads, t8, t8)
+        with _unfilled():
+            res = qkv.new_empty(b, t, heads * head_dim)
+            probs = qkv.new_empty(b, heads, t8, t8)
         scale = 1.0 / math.sqrt(head_dim)
         if lib.attention_forward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), res.data_ptr(),
                                  probs.data_ptr(), b, t, heads, cos.shape[-1], scale,
@@ -206,7 +221,8 @@ class _Attention(torch.autograd.Function):
     def backward(ctx, grad):
         qkv, cos, sin, res, probs = ctx.saved_tensors
         grad = grad.contiguous()
-        dqkv = torch.empty_like(qkv)
+        with _unfilled():
+            dqkv = torch.empty_like(qkv)
         b, t, _ = qkv.shape
         if ctx.lib.attention_backward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                                       res.data_ptr(), grad.data_ptr(), probs.data_ptr(),
@@ -238,8 +254,9 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, ignore_index, lib):
         n, vocab = logits.shape
-        grad = torch.empty_like(logits)
-        row_loss = logits.new_empty(n)
+        with _unfilled():
+            grad = torch.empty_like(logits)
+            row_loss = logits.new_empty(n)
         total, bad = ctypes.c_double(), ctypes.c_long()
         count = lib.cross_entropy(logits.data_ptr(), labels.data_ptr(), grad.data_ptr(),
                                   row_loss.data_ptr(), n, vocab, ignore_index,

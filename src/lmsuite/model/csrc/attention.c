@@ -65,30 +65,28 @@ static inline int tpad(int T) { return (T + 7) / 8 * 8; } /* rows padded to whol
    q scaled. */
 static void load_head(const job_t *a, int b, int h, float *q, float *k, float *v) {
     int T = a->T, T8 = tpad(T), H = a->H, width = a->width, half = width / 2;
-    for (int i = 0; i < T8; i++) {
-        float *qi = q + i * HD, *ki = k + i * HD, *vi = v + i * HD;
-        if (i >= T) {
-            memset(qi, 0, HD * sizeof(float));
-            memset(ki, 0, HD * sizeof(float));
-            memset(vi, 0, HD * sizeof(float));
-            continue;
-        }
+    float scale = a->scale;
+    for (int i = 0; i < T; i++) {
         const float *src = a->qkv + ((size_t)b * T + i) * 3 * H * HD + (size_t)h * 3 * HD;
-        const float *c = a->cos + (size_t)i * width, *s = a->sin + (size_t)i * width;
-        for (int d = 0; d < half; d++) {
-            qi[d] = (src[d] * c[d] - src[d + half] * s[d]) * a->scale;
-            ki[d] = src[HD + d] * c[d] - src[HD + d + half] * s[d];
+        float *qi = q + i * HD, *ki = k + i * HD, *vi = v + i * HD;
+        for (int c = 0; c < NV; c++) {
+            st(qi + 8 * c, ld(src + 8 * c) * scale);
+            st(ki + 8 * c, ld(src + HD + 8 * c));
+            st(vi + 8 * c, ld(src + 2 * HD + 8 * c));
         }
-        for (int d = half; d < width; d++) {
-            qi[d] = (src[d] * c[d] + src[d - half] * s[d]) * a->scale;
-            ki[d] = src[HD + d] * c[d] + src[HD + d - half] * s[d];
+        const float *cs = a->cos + (size_t)i * width, *sn = a->sin + (size_t)i * width;
+        for (int d = 0; d < width; d++) { /* x * cos + rotate_half(x) * sin */
+            float cq = src[d], ck = src[HD + d];
+            float rq = d < half ? -src[d + half] : src[d - half];
+            float rk = d < half ? -src[HD + d + half] : src[HD + d - half];
+            qi[d] = (cq * cs[d] + rq * sn[d]) * scale;
+            ki[d] = ck * cs[d] + rk * sn[d];
         }
-        for (int d = width; d < HD; d++) {
-            qi[d] = src[d] * a->scale;
-            ki[d] = src[HD + d];
-        }
-        memcpy(vi, src + 2 * HD, HD * sizeof(float));
     }
+    size_t rest = (size_t)(T8 - T) * HD * sizeof(float);
+    memset(q + T * HD, 0, rest);
+    memset(k + T * HD, 0, rest);
+    memset(v + T * HD, 0, rest);
 }
 
 /* out[r][j] = x[i0 + r] . yT[:, j] for r < 4, j < n rounded up to 8  (yT: HD x T8) */
@@ -234,22 +232,21 @@ static void *backward_job(void *arg) {
         int b = bh / H, h = bh % H;
         load_head(a, b, h, q, k, v);
         transpose(v, T8, vT);
-        for (int i = 0; i < T8; i++) {
-            float *d = dO + i * HD;
-            if (i >= T) {
-                memset(d, 0, HD * sizeof(float));
-                D[i] = 0;
-                continue;
-            }
+        for (int i = 0; i < T; i++) { /* dO, and D_i = dO_i . O_i */
             const float *g = a->dres + ((size_t)b * T + i) * H * HD + (size_t)h * HD;
             const float *y = a->res + ((size_t)b * T + i) * H * HD + (size_t)h * HD;
-            float s = 0;
-            for (int c = 0; c < HD; c++) {
-                d[c] = g[c];
-                s += g[c] * y[c];
+            v8 acc = {0};
+            for (int c = 0; c < NV; c++) {
+                v8 gc = ld(g + 8 * c);
+                st(dO + i * HD + 8 * c, gc);
+                acc += gc * ld(y + 8 * c);
             }
+            float s = 0;
+            for (int l = 0; l < 8; l++) s += acc[l];
             D[i] = s;
         }
+        memset(dO + T * HD, 0, (size_t)(T8 - T) * HD * sizeof(float));
+        for (int i = T; i < T8; i++) D[i] = 0;
         const float *P = a->probs + (size_t)bh * T8 * T8;
         for (int i0 = 0; i0 < T8; i0 += R) {
             int n = i0 + R;
@@ -258,8 +255,10 @@ static void *backward_job(void *arg) {
                 int i = i0 + r;
                 float *s = dS + (size_t)i * T8;
                 const float *p = P + (size_t)i * T8;
-                for (int j = 0; j < n; j++) s[j] = p[j] * (s[j] - D[i]);
-                for (int j = n; j < T8; j++) s[j] = 0;
+                float Di = D[i];
+                int j = 0;
+                for (; j < n; j += 8) st(s + j, ld(p + j) * (ld(s + j) - Di)); /* dS = P (dP - D) */
+                for (; j < T8; j++) s[j] = 0;
             }
             rows_comb(dS, k, T8, i0, n, dq + i0 * HD);
         }
@@ -271,21 +270,19 @@ static void *backward_job(void *arg) {
                 memcpy(dst + 2 * HD, blk[r], HD * sizeof(float));
             }
         }
-        for (int i = 0; i < T; i++) {
+        for (int i = 0; i < T; i++) { /* the gradient through rotary (its transpose) */
             float *dst = a->dqkv + ((size_t)b * T + i) * 3 * H * HD + (size_t)h * 3 * HD;
-            const float *c = a->cos + (size_t)i * width, *s = a->sin + (size_t)i * width;
+            const float *cs = a->cos + (size_t)i * width, *sn = a->sin + (size_t)i * width;
             const float *gq = dq + i * HD, *gk = dk + i * HD;
-            for (int d = 0; d < half; d++) {
-                dst[d] = (gq[d] * c[d] + gq[d + half] * s[d + half]) * a->scale;
-                dst[HD + d] = gk[d] * c[d] + gk[d + half] * s[d + half];
+            for (int c = 0; c < NV; c++) {
+                st(dst + 8 * c, ld(gq + 8 * c) * a->scale);
+                st(dst + HD + 8 * c, ld(gk + 8 * c));
             }
-            for (int d = half; d < width; d++) {
-                dst[d] = (gq[d] * c[d] - gq[d - half] * s[d - half]) * a->scale;
-                dst[HD + d] = gk[d] * c[d] - gk[d - half] * s[d - half];
-            }
-            for (int d = width; d < HD; d++) {
-                dst[d] = gq[d] * a->scale;
-                dst[HD + d] = gk[d];
+            for (int d = 0; d < width; d++) {
+                float rq = d < half ? gq[d + half] * sn[d + half] : -gq[d - half] * sn[d - half];
+                float rk = d < half ? gk[d + half] * sn[d + half] : -gk[d - half] * sn[d - half];
+                dst[d] = (gq[d] * cs[d] + rq) * a->scale;
+                dst[HD + d] = gk[d] * cs[d] + rk;
             }
         }
     }
