@@ -5,7 +5,7 @@ Times, interleaved so that the machine's drift hits each alike (median of the ro
 - the same plus the output layer (full-vocabulary logits), forward + backward;
 - the same plus the cross-entropy, forward + backward;
 - the whole step (with clipping and the fused AdamW update);
-- the whole step with lmsuite's CPU kernels (rotary + attention, cross-entropy) turned off, as
+- the whole step with lmsuite's CPU kernels (rotary + attention, cross-entropy, GELU) off, as
   PyTorch's operations do it: `cpu_kernels_speedup` is what the kernels are worth;
 - the whole step with GELU costing nothing (replaced by the identity): a bound on what a fused
   kernel for it could save.
@@ -38,14 +38,15 @@ from lmsuite.train.trainer import make_optimizer
 def free_gelu():
     """Within: lmsuite's model skips GELU (wrong numbers, same shapes), so a step costs what it
     would if GELU cost nothing."""
-    saved_f = neox.F
+    saved_f, saved_fused = neox.F, neox.fused_gelu
     neox.F = SimpleNamespace(**{k: getattr(saved_f, k) for k in dir(saved_f)
                                 if not k.startswith("__")})
     neox.F.gelu = lambda x, approximate="none": x
+    neox.fused_gelu = lambda x: x
     try:
         yield
     finally:
-        neox.F = saved_f
+        neox.F, neox.fused_gelu = saved_f, saved_fused
 
 
 def parts(suite, name: str, rounds: int) -> dict:

@@ -11,6 +11,7 @@ from lmsuite.model.cpu_kernels import (
     build,
     fused_attention,
     fused_cross_entropy,
+    fused_gelu,
 )
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, apply_rotary, rotary_tables
 
@@ -25,6 +26,18 @@ def kernels():
 def ce_kernel():
     if cpu_kernels.cross_entropy_library() is None:
         pytest.skip("the CPU cross-entropy kernel cannot be built here (no C compiler or OpenMP)")
+
+
+@pytest.fixture(scope="module")
+def gelu_kernel():
+    if cpu_kernels.gelu_library() is None:
+        pytest.skip("the CPU GELU kernel cannot be built here (no C compiler or OpenMP)")
+
+
+def clear_kernel_caches():
+    for library in (attention_library, cpu_kernels.cross_entropy_library,
+                    cpu_kernels.gelu_library):
+        library.cache_clear()
 
 
 def reference_attention(qkv, cos, sin, heads):
@@ -102,7 +115,7 @@ def model_outputs(cfg, tokens):
     return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
-def test_model_with_and_without_the_kernels_agree(kernels, ce_kernel):
+def test_model_with_and_without_the_kernels_agree(kernels, ce_kernel, gelu_kernel):
     cfg = NeoXConfig(vocab_size=256, layers=2, d_model=64, heads=4)
     tokens = torch.randint(0, 256, (3, 41), generator=torch.Generator().manual_seed(1))
     fused = model_outputs(cfg, tokens)
@@ -115,16 +128,16 @@ def test_model_with_and_without_the_kernels_agree(kernels, ce_kernel):
 
 def test_the_environment_can_turn_the_kernels_off(monkeypatch):
     monkeypatch.setenv("LMSUITE_CPU_KERNELS", "0")
-    attention_library.cache_clear()
-    cpu_kernels.cross_entropy_library.cache_clear()
+    clear_kernel_caches()
     try:
         assert attention_library(16) is None
         assert cpu_kernels.cross_entropy_library() is None
+        assert cpu_kernels.gelu_library() is None
         assert fused_cross_entropy(torch.randn(2, 5), torch.tensor([0, 1])) is None
+        assert fused_gelu(torch.randn(4)) is None
     finally:
         monkeypatch.delenv("LMSUITE_CPU_KERNELS")
-        attention_library.cache_clear()
-        cpu_kernels.cross_entropy_library.cache_clear()
+        clear_kernel_caches()
 
 
 def test_build_is_cached_and_atomic(kernels, tmp_path, monkeypatch):
@@ -142,7 +155,7 @@ def test_without_a_compiler_the_model_falls_back_with_a_warning(tmp_path, monkey
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.warns(UserWarning, match="no C compiler"):
         assert build("attention", {"HD": 16}) is None
-    attention_library.cache_clear()
+    clear_kernel_caches()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -154,7 +167,8 @@ def test_without_a_compiler_the_model_falls_back_with_a_warning(tmp_path, monkey
         assert logits.shape == (2, 9, 128) and torch.isfinite(logits).all()
         assert not any(tmp_path.joinpath("kernels").glob("*.so"))
     finally:
-        attention_library.cache_clear()
+        monkeypatch.delenv("CC")
+        clear_kernel_caches()
 
 
 def test_a_failed_build_leaves_nothing_and_warns(tmp_path, monkeypatch):
@@ -199,3 +213,19 @@ def test_fused_cross_entropy_edge_cases(ce_kernel):
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="runs once"):
         loss.backward()
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 11), (2048, 64), (5,)])
+def test_fused_gelu_matches_exact_gelu(gelu_kernel, shape):
+    gen = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=gen) * 3
+    x.view(-1)[:4] = torch.tensor([0.0, -12.0, 12.0, -0.5])[: x.numel()]
+    grad = torch.randn(shape, generator=gen)
+    a = x.clone().requires_grad_()
+    y = fused_gelu(a)
+    y.backward(grad)
+    b = x.double().requires_grad_()
+    ref = F.gelu(b)  # float64: erf to double precision
+    ref.backward(grad.double())
+    torch.testing.assert_close(y.double(), ref.detach(), atol=4e-7, rtol=1e-6)
+    torch.testing.assert_close(a.grad.double(), b.grad, atol=4e-7, rtol=1e-6)

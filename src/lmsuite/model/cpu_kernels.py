@@ -111,8 +111,9 @@ def build(name: str, defines: dict[str, int]) -> Path | None:
     source = SOURCES / f"{name}.c"
     flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp",
              *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
-    key = hashlib.sha256("\0".join([source.read_text(), *flags, version, _cpu_identity(),
-                                    platform.machine()]).encode()).hexdigest()[:16]
+    headers = [h.read_text() for h in sorted(SOURCES.glob("*.h"))]
+    key = hashlib.sha256("\0".join([source.read_text(), *headers, *flags, version,
+                                    _cpu_identity(), platform.machine()]).encode()).hexdigest()[:16]
     tag = "".join(f"-{k.lower()}{v}" for k, v in sorted(defines.items()))
     out = cache_dir() / f"{name}{tag}-{key}.so"
     if out.exists():
@@ -182,6 +183,19 @@ def cross_entropy_library() -> ctypes.CDLL | None:
     lib.cross_entropy.argtypes = [ptr] * 4 + [ctypes.c_long, ctypes.c_int, ctypes.c_int64,
                                               ctypes.c_int, ptr, ptr]
     lib.cross_entropy.restype = ctypes.c_long
+    return lib
+
+
+@cache
+def gelu_library() -> ctypes.CDLL | None:
+    """The GELU kernel, built and loaded; None where it cannot be."""
+    lib = _load("gelu", {})
+    if lib is None:
+        return None
+    ptr = ctypes.c_void_p
+    lib.gelu_forward.argtypes = [ptr, ptr, ctypes.c_long, ctypes.c_int]
+    lib.gelu_backward.argtypes = [ptr, ptr, ptr, ctypes.c_long, ctypes.c_int]
+    lib.gelu_forward.restype = lib.gelu_backward.restype = None
     return lib
 
 
@@ -265,17 +279,17 @@ class _CrossEntropy(torch.autograd.Function):
             raise IndexError(f"cross_entropy: label {int(labels[bad.value])} at row {bad.value} "
                              f"is out of range for {vocab} classes")
         ctx.save_for_backward(grad)
-        ctx.count, ctx.done = count, False
+        ctx.done = False
         return logits.new_tensor(total.value / count if count else float("nan"))
 
     @staticmethod
     def backward(ctx, g):
         if ctx.done:
-            raise RuntimeError("the fused cross-entropy's backward runs once (it scales its "
-                               "saved gradient in place); retain_graph is not supported")
+            raise RuntimeError("the fused cross-entropy's backward runs once (it hands out its "
+                               "saved gradient); retain_graph is not supported")
         ctx.done = True
-        (grad,) = ctx.saved_tensors
-        return grad.mul_(g / ctx.count), None, None, None
+        (grad,) = ctx.saved_tensors  # already the gradient of the mean loss
+        return (grad if g.item() == 1.0 else grad.mul_(g)), None, None, None
 
 
 def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
@@ -292,3 +306,36 @@ def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     if lib is None:
         return None
     return _CrossEntropy.apply(logits.contiguous(), labels.contiguous(), ignore_index, lib)
+
+
+class _Gelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lib):
+        with _unfilled():
+            y = torch.empty_like(x)
+        lib.gelu_forward(x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
+        ctx.save_for_backward(x)
+        ctx.lib = lib
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        with _unfilled():
+            dx = torch.empty_like(x)
+        ctx.lib.gelu_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), x.numel(),
+                              torch.get_num_threads())
+        return dx, None
+
+
+def fused_gelu(x: torch.Tensor) -> torch.Tensor | None:
+    """Exact GELU, as `F.gelu(x)` computes it on CPU (the same erf formula, to float rounding);
+    None when the kernel does not apply here, and the caller then uses PyTorch's."""
+    if (_disabled_depth or x.device.type != "cpu" or x.dtype != torch.float32
+            or not sys.platform.startswith("linux")):
+        return None
+    lib = gelu_library()
+    if lib is None:
+        return None
+    return _Gelu.apply(x.contiguous(), lib)

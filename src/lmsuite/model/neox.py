@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmsuite.config import ModelConfig
-from lmsuite.model.cpu_kernels import fused_attention, fused_cross_entropy
+from lmsuite.model.cpu_kernels import fused_attention, fused_cross_entropy, fused_gelu
 
 # --- rotary position embedding ------------------------------------------------------------
 
@@ -81,7 +81,11 @@ class NeoXMLP(nn.Module):
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=self.approximate))
+        h = self.dense_h_to_4h(x)
+        a = fused_gelu(h) if self.approximate == "none" else None
+        if a is None:
+            a = F.gelu(h, approximate=self.approximate)
+        return self.dense_4h_to_h(a)
 
 
 class NeoXLayer(nn.Module):

@@ -10,10 +10,12 @@
    The softmax probabilities are kept for the backward pass (batch * heads * seq^2 floats), so
    it is meant for short sequences. Each (sequence, head) pair is computed whole by one thread,
    so results do not depend on the number of threads. HD, the head dimension, is fixed at
-   compile time (a multiple of 8). Written with GCC/Clang vector extensions: 8 floats at a time.
+   compile time (a multiple of 8).
 */
 #include <stdlib.h>
 #include <string.h>
+
+#include "vec.h"
 
 #ifndef HD
 #error "compile with -DHD=<head dim>"
@@ -23,32 +25,6 @@
 #error "HD must be a multiple of 8"
 #endif
 #define NV (HD / 8)
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
-typedef int v8i __attribute__((vector_size(32), aligned(4)));
-static inline v8 ld(const float *p) { return *(const v8 *)p; }
-static inline void st(float *p, v8 v) { *(v8 *)p = v; }
-
-/* e^x for x <= 0 (softmax arguments), 8 at a time: 2^n * p(r), Cephes' polynomial. */
-static inline v8 vexp(v8 x) {
-    const v8 lo = {-87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f};
-    v8i low = x < lo;
-    x = (v8)(((v8i)x & ~low) | ((v8i)lo & low));
-    /* fx lies in (-126, 0.5]: shifted positive, truncation is floor */
-    v8 fx = x * 1.44269504088896341f + 128.5f;
-    v8i n = __builtin_convertvector(fx, v8i) - 128;
-    v8 fn = __builtin_convertvector(n, v8);
-    v8 r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
-    v8 r2 = r * r;
-    v8 p = (v8){0} + 1.9875691500E-4f;
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * r2 + r + 1.0f;
-    v8i bits = (n + 127) << 23;
-    return p * (v8)bits;
-}
 
 typedef struct {
     const float *qkv, *cos, *sin, *dres;
