@@ -65,10 +65,35 @@ static void load_head(const job_t *a, int b, int h, float *q, float *k, float *v
     memset(v + T * HD, 0, rest);
 }
 
-/* out[r][j] = x[i0 + r] . yT[:, j] for r < 4, j < n rounded up to 8  (yT: HD x T8) */
+/* out[r][j] = x[i0 + r] . yT[:, j] for r < 4, j < n rounded up to 8  (yT: HD x T8).
+   Two column vectors at a time: 8 independent sums hide the latency of the multiply-adds. */
 static inline void rows_dot(const float *x, const float *yT, int T8, int i0, int n, float *out) {
     const float *xr = x + i0 * HD;
-    for (int j = 0; j < n; j += 8) {
+    int j = 0;
+    for (; j + 8 < n; j += 16) {
+        v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        for (int c = 0; c < HD; c++) {
+            v8 y = ld(yT + c * T8 + j), z = ld(yT + c * T8 + j + 8);
+            float x0 = xr[c], x1 = xr[HD + c], x2 = xr[2 * HD + c], x3 = xr[3 * HD + c];
+            a0 += x0 * y;
+            a1 += x1 * y;
+            a2 += x2 * y;
+            a3 += x3 * y;
+            b0 += x0 * z;
+            b1 += x1 * z;
+            b2 += x2 * z;
+            b3 += x3 * z;
+        }
+        st(out + j, a0);
+        st(out + T8 + j, a1);
+        st(out + 2 * T8 + j, a2);
+        st(out + 3 * T8 + j, a3);
+        st(out + j + 8, b0);
+        st(out + T8 + j + 8, b1);
+        st(out + 2 * T8 + j + 8, b2);
+        st(out + 3 * T8 + j + 8, b3);
+    }
+    for (; j < n; j += 8) {
         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int c = 0; c < HD; c++) {
             v8 y = ld(yT + c * T8 + j);
