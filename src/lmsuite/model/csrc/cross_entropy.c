@@ -19,14 +19,13 @@
 static float row(const float *x, int64_t label, int V, float scale, float *g) {
     const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
     int whole = V / 8 * 8;
-    v8 vmax = (v8){0} - INFINITY;
+    float target = x[label];
+    v8 vmax = splat(-INFINITY);
     for (int j = 0; j < whole; j += 8) {
         v8 s = ld(x + j);
-        v8i more = s > vmax;
-        vmax = (v8)(((v8i)s & more) | ((v8i)vmax & ~more));
+        vmax = vselect(s > vmax, s, vmax);
     }
-    float m = vmax[0];
-    for (int l = 1; l < 8; l++) m = vmax[l] > m ? vmax[l] : m;
+    float m = hmax(vmax);
     for (int j = whole; j < V; j++) m = x[j] > m ? x[j] : m;
     v8 vsum = {0};
     for (int j = 0; j < whole; j += 8) {
@@ -35,19 +34,18 @@ static float row(const float *x, int64_t label, int V, float scale, float *g) {
         st(g + j, e);
     }
     if (whole < V) { /* the tail, through a full vector with the missing lanes at -inf */
-        v8 s = (v8){0} - INFINITY;
+        v8 s = splat(-INFINITY);
         for (int l = 0; whole + l < V; l++) s[l] = x[whole + l];
         v8 e = (v8)((v8i)vexp(s - m) & ((lane + whole) < V));
         vsum += e;
         for (int l = 0; whole + l < V; l++) g[whole + l] = e[l];
     }
-    float sum = 0;
-    for (int l = 0; l < 8; l++) sum += vsum[l];
-    v8 inv = (v8){0} + scale / sum;
+    float sum = hsum(vsum);
+    v8 inv = splat(scale / sum);
     for (int j = 0; j < whole; j += 8) st(g + j, ld(g + j) * inv);
     for (int j = whole; j < V; j++) g[j] *= inv[0];
     g[label] -= scale;
-    return logf(sum) + m - x[label];
+    return logf(sum) + m - target;
 }
 
 /* logits (N, V), labels (N,) -> grad (N, V) = (softmax - onehot) / count per row (0 for
