@@ -2,12 +2,24 @@
 
 import contextlib
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 # Tests compare numbers across runs and processes; keep them on a fixed thread count.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    """CPU kernels are built into a folder of this session, not the user's cache."""
+    config._lmsuite_cache = tempfile.mkdtemp(prefix="lmsuite-test-kernels-")
+    os.environ["LMSUITE_CACHE"] = config._lmsuite_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_lmsuite_cache", ""), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

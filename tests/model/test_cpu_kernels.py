@@ -98,6 +98,17 @@ def test_fused_attention_does_not_depend_on_the_thread_count(kernels):
     assert torch.equal(outputs[0][1], outputs[1][1])
 
 
+def test_fused_attention_without_a_backward_pass_keeps_no_probabilities(kernels):
+    gen = torch.Generator().manual_seed(2)
+    qkv = torch.randn(3, 45, 3 * 2 * 16, generator=gen).requires_grad_()
+    cos, sin = rotary_tables(45, 4, 10000.0)
+    with_grad = fused_attention(qkv, cos, sin, 2)
+    with torch.no_grad():
+        without = fused_attention(qkv, cos, sin, 2)
+    assert without.grad_fn is None
+    assert torch.equal(with_grad.detach(), without)  # the same arithmetic, bit for bit
+
+
 def test_fused_attention_declines_what_it_does_not_do(kernels):
     cos, sin = rotary_tables(8, 2, 10000.0)
     assert fused_attention(torch.randn(1, 8, 3 * 2 * 12), cos, sin, 2) is None  # head 12

@@ -1,17 +1,22 @@
 """Fused CPU kernels in C, compiled on first use with the machine's C compiler.
 
 On a CPU, a small model's step spends as much time on the glue around its matrix products as
-on the products themselves; rotary embedding and attention, with their transposes, slices and
-copies, are the largest part of it. `fused_attention` does rotary and causal attention of a
-layer in one C kernel, forward and backward (`csrc/attention.c`).
+on the products themselves. Three kernels take the largest parts of it, forward and backward:
+- `fused_attention`: rotary embedding and causal attention of a layer, from the fused QKV
+  projection to the heads' outputs side by side (`csrc/attention.c`), replacing the
+  transposes, slices, concatenations and copies around PyTorch's attention;
+- `fused_cross_entropy`: the loss and its gradient in one pass over the logits
+  (`csrc/cross_entropy.c`);
+- `fused_gelu`: exact GELU with a vectorized erf and exp (`csrc/gelu.c`).
 
-The kernel is built once per machine, compiler and head size into the cache folder
+A kernel is built once per machine, compiler and shape parameter into the cache folder
 (`$LMSUITE_CACHE`, else `$XDG_CACHE_HOME/lmsuite`, else `~/.cache/lmsuite`), written
-atomically, with `-march=native` and OpenMP; it runs on PyTorch's own OpenMP threads. Where it
-cannot be built or loaded (no C compiler, no OpenMP, PyTorch not on libgomp), or does not apply
-(not fp32 on CPU, a padding mask or a KV cache, a head size not a multiple of 8, sequences
-longer than `MAX_SEQ`), the model uses PyTorch's attention, which gives the same results to
-float rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off.
+atomically, with `-march=native` and OpenMP; it runs on PyTorch's own OpenMP threads, and its
+results do not depend on their number. Where a kernel cannot be built or loaded (no C
+compiler, no OpenMP, PyTorch not on libgomp, not Linux) or does not apply (not fp32 on CPU; for
+attention a padding mask or a KV cache, a head size not a multiple of 8, sequences longer than
+`MAX_SEQ`), the model uses PyTorch's operations, which give the same results to float
+rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off; `disabled()` does so within a block.
 """
 
 from __future__ import annotations
@@ -215,17 +220,18 @@ def _unfilled() -> Iterator[None]:
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, cos, sin, heads, lib):
+    def forward(ctx, qkv, cos, sin, heads, backward, lib):
         b, t, width = qkv.shape
         head_dim = width // (3 * heads)
         t8 = -(-t // 8) * 8
         with _unfilled():
             res = qkv.new_empty(b, t, heads * head_dim)
-            probs = qkv.new_empty(b, heads, t8, t8)
+            # the softmax probabilities, for the backward pass only
+            probs = qkv.new_empty(b, heads, t8, t8) if backward else None
         scale = 1.0 / math.sqrt(head_dim)
         if lib.attention_forward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), res.data_ptr(),
-                                 probs.data_ptr(), b, t, heads, cos.shape[-1], scale,
-                                 torch.get_num_threads()):
+                                 None if probs is None else probs.data_ptr(), b, t, heads,
+                                 cos.shape[-1], scale, torch.get_num_threads()):
             raise MemoryError("attention kernel: out of memory for its scratch buffers")
         ctx.save_for_backward(qkv, cos, sin, res, probs)
         ctx.heads, ctx.lib, ctx.scale = heads, lib, scale
@@ -243,7 +249,7 @@ class _Attention(torch.autograd.Function):
                                       dqkv.data_ptr(), b, t, ctx.heads, cos.shape[-1], ctx.scale,
                                       torch.get_num_threads()):
             raise MemoryError("attention kernel: out of memory for its scratch buffers")
-        return dqkv, None, None, None, None
+        return dqkv, None, None, None, None, None
 
 
 def fused_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -261,7 +267,9 @@ def fused_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     lib = attention_library(width // (3 * heads))
     if lib is None:
         return None
-    return _Attention.apply(qkv.contiguous(), cos.contiguous(), sin.contiguous(), heads, lib)
+    backward = torch.is_grad_enabled() and qkv.requires_grad  # else no probabilities kept
+    return _Attention.apply(qkv.contiguous(), cos.contiguous(), sin.contiguous(), heads, backward,
+                            lib)
 
 
 class _CrossEntropy(torch.autograd.Function):

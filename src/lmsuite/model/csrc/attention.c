@@ -161,54 +161,44 @@ static void transpose(const float *x, int T8, float *xT) {
 static void *forward_job(void *arg) {
     const job_t *a = arg;
     int T = a->T, T8 = tpad(T), H = a->H;
-    float *buf = malloc(sizeof(float) * (size_t)T8 * HD * 4);
+    float *buf = malloc(sizeof(float) * ((size_t)T8 * HD * 4 + (size_t)R * T8));
     if (buf == NULL) {
         *a->failed = 1;
         return NULL;
     }
-    float *q = buf, *k = q + T8 * HD, *v = k + T8 * HD, *kT = v + T8 * HD;
+    float *q = buf, *k = q + T8 * HD, *v = k + T8 * HD, *kT = v + T8 * HD, *rows = kT + T8 * HD;
     float o[R][HD];
     for (int bh = a->first; bh < a->last; bh++) {
         int b = bh / H, h = bh % H;
         load_head(a, b, h, q, k, v);
         transpose(k, T8, kT);
-        float *P = a->probs + (size_t)bh * T8 * T8;
         for (int i0 = 0; i0 < T8; i0 += R) {
             int n = i0 + R;
-            rows_dot(q, kT, T8, i0, n, P + (size_t)i0 * T8);
+            /* this block's rows of P: kept for the backward pass, or scratch without one */
+            float *P = a->probs ? a->probs + ((size_t)bh * T8 + i0) * T8 : rows;
+            rows_dot(q, kT, T8, i0, n, P);
             for (int r = 0; r < R; r++) {
-                float *p = P + (size_t)(i0 + r) * T8;
+                float *p = P + (size_t)r * T8;
                 int i = i0 + r;
                 const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
-                v8 vmax = (v8){0} - 3.0e38f;
-                for (int j = 0; j <= i; j += 8) {
-                    v8 s = ld(p + j);
-                    v8i keep = (lane + j) <= i;
-                    s = (v8)(((v8i)s & keep) | ((v8i)vmax & ~keep));
-                    v8i more = s > vmax;
-                    vmax = (v8)(((v8i)s & more) | ((v8i)vmax & ~more));
+                v8 vmax = splat(-3.0e38f);
+                for (int j = 0; j <= i; j += 8) { /* causal: columns j <= i */
+                    v8 s = vselect((lane + j) <= i, ld(p + j), vmax);
+                    vmax = vselect(s > vmax, s, vmax);
                 }
-                float m = vmax[0];
-                for (int l = 1; l < 8; l++) m = vmax[l] > m ? vmax[l] : m;
+                float m = hmax(vmax);
                 v8 vsum = {0};
                 int j = 0;
                 for (; j <= i; j += 8) {
-                    v8 s = ld(p + j);
-                    s = (v8)((v8i)vexp(s - m) & ((lane + j) <= i));
-                    vsum += s;
-                    st(p + j, s);
+                    v8 e = (v8)((v8i)vexp(ld(p + j) - m) & ((lane + j) <= i));
+                    vsum += e;
+                    st(p + j, e);
                 }
                 for (; j < T8; j++) p[j] = 0;
-                float sum = 0;
-                for (int l = 0; l < 8; l++) sum += vsum[l];
-                v8 inv = (v8){0} + 1.0f / sum;
-                for (j = 0; j <= i; j += 8) {
-                    v8 s = ld(p + j);
-                    s *= inv;
-                    st(p + j, s);
-                }
+                v8 inv = splat(1.0f / hsum(vsum));
+                for (j = 0; j <= i; j += 8) st(p + j, ld(p + j) * inv);
             }
-            rows_comb(P, v, T8, i0, n, &o[0][0]);
+            rows_comb(P, v, T8, 0, n, &o[0][0]);
             for (int r = 0; r < R && i0 + r < T; r++)
                 memcpy(a->res + ((size_t)b * T + i0 + r) * H * HD + (size_t)h * HD, o[r],
                        HD * sizeof(float));
@@ -307,7 +297,8 @@ static void run(job_t base, int threads, void *(*fn)(void *)) {
 int head_dim(void) { return HD; }
 
 /* qkv (B, T, H*3*HD), cos and sin (T, width) -> res (B, T, H*HD) and probs (B, H, T8, T8),
-   T8 = T rounded up to 8. Returns 0, or -1 when out of memory. */
+   T8 = T rounded up to 8, which the backward pass needs; probs may be NULL when there is none.
+   Returns 0, or -1 when out of memory. */
 int attention_forward(const float *qkv, const float *cos, const float *sin, float *res,
                       float *probs, int B, int T, int H, int width, float scale, int threads) {
     int failed = 0;
