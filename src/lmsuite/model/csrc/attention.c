@@ -7,8 +7,8 @@
    transposes, slices, concatenations and copies that rotary and attention otherwise cost per
    layer, which on a CPU weigh as much as the attention arithmetic when heads are small.
 
-   The softmax probabilities are kept for the backward pass (batch * heads * seq^2 floats), so
-   it is meant for short sequences. Each (sequence, head) pair is computed whole by one thread,
+   The softmax probabilities are kept for the backward pass (batch * heads * seq^2 floats; none
+   when no backward pass follows), so it is meant for short sequences. Each (sequence, head) pair is computed whole by one thread,
    so results do not depend on the number of threads. HD, the head dimension, is fixed at
    compile time (a multiple of 8).
 */
