@@ -2,7 +2,7 @@
 
 glibc hands allocations above 128 KiB straight back to the kernel when they are freed, so
 every step's logits, activations and gradients are faulted in again page by page (a 32 MB
-tensor: 15 ms to allocate and fill that way, 1.1-1.4 ms when the memory is reused;
+tensor: 15-16 ms to allocate and fill that way, 1.5-1.7 ms when the memory is reused;
 benchmarks/bench_allocator.py).
 Raising the mmap and trim thresholds keeps those pages in the heap for the next step.
 """

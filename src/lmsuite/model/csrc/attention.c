@@ -109,12 +109,15 @@ static inline void rows_dot(const float *x, const float *yT, int T8, int i0, int
     }
 }
 
-/* out[r] = sum_{j < n} w[i0 + r][j] * x[j] for r < 4  (w: T8 x T8, x: T8 x HD) */
-static inline void rows_comb(const float *w, const float *x, int T8, int i0, int n, float *out) {
+/* out[r] = sum_{first <= j < last} w[r * rs + j * js] * x[j] for r < 4  (x: T8 x HD rows).
+   With w at row i0 of a T8 x T8 matrix, rs = T8, js = 1: rows i0 .. i0 + 3 of w times x;
+   with w at column j0, rs = 1, js = T8: columns j0 .. j0 + 3, the transposed product. */
+static inline void comb(const float *w, long rs, long js, const float *x, int first, int last,
+                        float *out) {
     v8 a0[NV] = {0}, a1[NV] = {0}, a2[NV] = {0}, a3[NV] = {0};
-    const float *w0 = w + (size_t)i0 * T8;
-    for (int j = 0; j < n; j++) {
-        float p0 = w0[j], p1 = w0[T8 + j], p2 = w0[2 * T8 + j], p3 = w0[3 * T8 + j];
+    for (int j = first; j < last; j++) {
+        const float *wj = w + j * js;
+        float p0 = wj[0], p1 = wj[rs], p2 = wj[2 * rs], p3 = wj[3 * rs];
         for (int c = 0; c < NV; c++) {
             v8 xj = ld(x + j * HD + 8 * c);
             a0[c] += p0 * xj;
@@ -131,26 +134,14 @@ static inline void rows_comb(const float *w, const float *x, int T8, int i0, int
     }
 }
 
-/* out[r] = sum_{i >= j0} w[i][j0 + r] * x[i] for r < 4  (the transpose of rows_comb, causal) */
+/* rows i0 .. i0 + 3 of w (T8 x T8) times x, over columns j < n */
+static inline void rows_comb(const float *w, const float *x, int T8, int i0, int n, float *out) {
+    comb(w + (size_t)i0 * T8, T8, 1, x, 0, n, out);
+}
+
+/* columns j0 .. j0 + 3 of w, transposed, times x, over rows i >= j0 (causal: w is 0 above) */
 static inline void cols_comb(const float *w, const float *x, int T8, int j0, float *out) {
-    v8 a0[NV] = {0}, a1[NV] = {0}, a2[NV] = {0}, a3[NV] = {0};
-    for (int i = j0; i < T8; i++) {
-        const float *wi = w + (size_t)i * T8 + j0;
-        float p0 = wi[0], p1 = wi[1], p2 = wi[2], p3 = wi[3];
-        for (int c = 0; c < NV; c++) {
-            v8 xi = ld(x + i * HD + 8 * c);
-            a0[c] += p0 * xi;
-            a1[c] += p1 * xi;
-            a2[c] += p2 * xi;
-            a3[c] += p3 * xi;
-        }
-    }
-    for (int c = 0; c < NV; c++) {
-        st(out + 8 * c, a0[c]);
-        st(out + HD + 8 * c, a1[c]);
-        st(out + 2 * HD + 8 * c, a2[c]);
-        st(out + 3 * HD + 8 * c, a3[c]);
-    }
+    comb(w + j0, 1, T8, x, j0, T8, out);
 }
 
 static void transpose(const float *x, int T8, float *xT) {
@@ -293,8 +284,6 @@ static void run(job_t base, int threads, void *(*fn)(void *)) {
         fn(&job);
     }
 }
-
-int head_dim(void) { return HD; }
 
 /* qkv (B, T, H*3*HD), cos and sin (T, width) -> res (B, T, H*HD) and probs (B, H, T8, T8),
    T8 = T rounded up to 8, which the backward pass needs; probs may be NULL when there is none.
