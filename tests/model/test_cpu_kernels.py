@@ -242,9 +242,14 @@ def test_fused_gelu_matches_exact_gelu(gelu_kernel, shape):
     grad = torch.randn(shape, generator=gen)
     a = x.clone().requires_grad_()
     y = fused_gelu(a)
-    y.backward(grad)
+    y.backward(grad, retain_graph=True)
     b = x.double().requires_grad_()
     ref = F.gelu(b)  # float64: erf to double precision
     ref.backward(grad.double())
     torch.testing.assert_close(y.double(), ref.detach(), atol=4e-7, rtol=1e-6)
     torch.testing.assert_close(a.grad.double(), b.grad, atol=4e-7, rtol=1e-6)
+    first = a.grad.clone()
+    y.backward(grad)  # the kept derivative is not used up
+    torch.testing.assert_close(a.grad, 2 * first)
+    with torch.no_grad():  # no derivative kept: the same values
+        assert torch.equal(fused_gelu(x), y.detach())

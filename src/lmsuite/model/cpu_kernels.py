@@ -198,9 +198,8 @@ def gelu_library() -> ctypes.CDLL | None:
     if lib is None:
         return None
     ptr = ctypes.c_void_p
-    lib.gelu_forward.argtypes = [ptr, ptr, ctypes.c_long, ctypes.c_int]
-    lib.gelu_backward.argtypes = [ptr, ptr, ptr, ctypes.c_long, ctypes.c_int]
-    lib.gelu_forward.restype = lib.gelu_backward.restype = None
+    lib.gelu_forward.argtypes = [ptr, ptr, ptr, ctypes.c_long, ctypes.c_int]
+    lib.gelu_forward.restype = None
     return lib
 
 
@@ -318,23 +317,21 @@ def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 class _Gelu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lib):
+    def forward(ctx, x, backward, lib):
         with _unfilled():
             y = torch.empty_like(x)
-        lib.gelu_forward(x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
-        ctx.save_for_backward(x)
-        ctx.lib = lib
+            # gelu'(x), computed with y from the same erf and exp, when a backward pass follows
+            derivative = torch.empty_like(x) if backward else None
+        lib.gelu_forward(x.data_ptr(), y.data_ptr(),
+                         None if derivative is None else derivative.data_ptr(), x.numel(),
+                         torch.get_num_threads())
+        ctx.save_for_backward(derivative)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        grad = grad.contiguous()
-        with _unfilled():
-            dx = torch.empty_like(x)
-        ctx.lib.gelu_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), x.numel(),
-                              torch.get_num_threads())
-        return dx, None
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative, None, None
 
 
 def fused_gelu(x: torch.Tensor) -> torch.Tensor | None:
@@ -346,4 +343,5 @@ def fused_gelu(x: torch.Tensor) -> torch.Tensor | None:
     lib = gelu_library()
     if lib is None:
         return None
-    return _Gelu.apply(x.contiguous(), lib)
+    backward = torch.is_grad_enabled() and x.requires_grad  # else no derivative kept
+    return _Gelu.apply(x.contiguous(), backward, lib)

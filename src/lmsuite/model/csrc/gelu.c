@@ -1,8 +1,8 @@
-/* Exact GELU, x * Phi(x), and its gradient, for CPU in fp32.
+/* Exact GELU, x * Phi(x), and its derivative, for CPU in fp32.
 
    erf is Abramowitz and Stegun's 7.1.26 (absolute error below 1.5e-7), the formula PyTorch's
-   own vectorized CPU erf uses; here its exp is vectorized too, and the backward pass shares one
-   exp between erf and the Gaussian density. Elements are split among PyTorch's OpenMP threads
+   own vectorized CPU erf uses; here its exp is vectorized too, and the derivative shares that
+   one exp between erf and the Gaussian density. Elements are split among PyTorch's OpenMP threads
    in fixed chunks, each element computed alone, so results do not depend on the thread count.
 */
 #include <string.h>
@@ -37,27 +37,10 @@ static inline void store_part(float *p, v8 v, long n) {
     for (long l = 0; l < n; l++) p[l] = v[l];
 }
 
-/* y = gelu(x) over n floats */
-void gelu_forward(const float *x, float *y, long n, int threads) {
-    long chunks = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (long c = 0; c < chunks; c++) {
-        long end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
-        long i = c * CHUNK;
-        v8 e;
-        for (; i + 8 <= end; i += 8) {
-            v8 v = ld(x + i);
-            st(y + i, v * cdf(v, &e));
-        }
-        if (i < end) {
-            v8 v = load_part(x + i, end - i);
-            store_part(y + i, v * cdf(v, &e), end - i);
-        }
-    }
-}
-
-/* dx = dy * gelu'(x) = dy * (Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi)) over n floats */
-void gelu_backward(const float *x, const float *dy, float *dx, long n, int threads) {
+/* y = gelu(x) over n floats, and, when d is not NULL, the derivative
+   d = gelu'(x) = Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi), from the same Phi and exp: the
+   backward pass is then one multiplication, dx = dy * d, instead of a second erf and exp. */
+void gelu_forward(const float *x, float *y, float *d, long n, int threads) {
     long chunks = (n + CHUNK - 1) / CHUNK;
     const float inv_sqrt_2pi = 0.39894228040143268f;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -68,13 +51,14 @@ void gelu_backward(const float *x, const float *dy, float *dx, long n, int threa
         for (; i + 8 <= end; i += 8) {
             v8 v = ld(x + i);
             v8 phi = cdf(v, &e);
-            st(dx + i, ld(dy + i) * (phi + v * e * inv_sqrt_2pi));
+            st(y + i, v * phi);
+            if (d) st(d + i, phi + v * e * inv_sqrt_2pi);
         }
         if (i < end) {
             v8 v = load_part(x + i, end - i);
             v8 phi = cdf(v, &e);
-            store_part(dx + i, load_part(dy + i, end - i) * (phi + v * e * inv_sqrt_2pi),
-                       end - i);
+            store_part(y + i, v * phi, end - i);
+            if (d) store_part(d + i, phi + v * e * inv_sqrt_2pi, end - i);
         }
     }
 }
