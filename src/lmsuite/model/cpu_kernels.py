@@ -7,7 +7,9 @@ on the products themselves. Three kernels take the largest parts of it, forward 
   transposes, slices, concatenations and copies around PyTorch's attention;
 - `fused_cross_entropy`: the loss and its gradient in one pass over the logits
   (`csrc/cross_entropy.c`);
-- `fused_gelu`: exact GELU with a vectorized erf and exp (`csrc/gelu.c`).
+- `fused_gelu`: exact GELU with a vectorized erf and exp, writing its derivative in the same
+  pass when a backward pass follows, so that the backward pass is one multiplication
+  (`csrc/gelu.c`).
 
 A kernel is built once per machine, compiler and shape parameter into the cache folder
 (`$LMSUITE_CACHE`, else `$XDG_CACHE_HOME/lmsuite`, else `~/.cache/lmsuite`), written
