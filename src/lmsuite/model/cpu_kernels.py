@@ -148,8 +148,14 @@ def build(name: str, defines: dict[str, int]) -> Path | None:
     return out
 
 
-def _load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
-    """csrc/<name>.c built with `defines` and loaded; None where that cannot be done."""
+_PTR, _I32, _I64, _LONG, _F32 = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_long,
+                                 ctypes.c_float)
+
+
+def _load(name: str, defines: dict[str, int],
+          signatures: dict[str, tuple[list, object]]) -> ctypes.CDLL | None:
+    """csrc/<name>.c built with `defines` and loaded, its functions given their `signatures`
+    (name -> (argument types, return type)); None where that cannot be done."""
     if not enabled() or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return None
     path = build(name, defines)
@@ -162,6 +168,9 @@ def _load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
         warnings.warn(f"lmsuite: the {name} kernel loaded an OpenMP runtime other than "
                       "PyTorch's; using PyTorch's operations instead", stacklevel=3)
         return None
+    for function, (argtypes, restype) in signatures.items():
+        getattr(lib, function).argtypes = argtypes
+        getattr(lib, function).restype = restype
     return lib
 
 
@@ -170,39 +179,22 @@ def attention_library(head_dim: int) -> ctypes.CDLL | None:
     """The attention kernel for heads of `head_dim`, built and loaded; None where it cannot be."""
     if head_dim % 8:
         return None
-    lib = _load("attention", {"HD": head_dim})
-    if lib is None:
-        return None
-    ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    lib.attention_forward.argtypes = [ptr] * 5 + [i32] * 4 + [f32, i32]
-    lib.attention_backward.argtypes = [ptr] * 7 + [i32] * 4 + [f32, i32]
-    lib.attention_forward.restype = lib.attention_backward.restype = i32
-    return lib
+    return _load("attention", {"HD": head_dim}, {
+        "attention_forward": ([_PTR] * 5 + [_I32] * 4 + [_F32, _I32], _I32),
+        "attention_backward": ([_PTR] * 7 + [_I32] * 4 + [_F32, _I32], _I32)})
 
 
 @cache
 def cross_entropy_library() -> ctypes.CDLL | None:
     """The cross-entropy kernel, built and loaded; None where it cannot be."""
-    lib = _load("cross_entropy", {})
-    if lib is None:
-        return None
-    ptr = ctypes.c_void_p
-    lib.cross_entropy.argtypes = [ptr] * 4 + [ctypes.c_long, ctypes.c_int, ctypes.c_int64,
-                                              ctypes.c_int, ptr, ptr]
-    lib.cross_entropy.restype = ctypes.c_long
-    return lib
+    return _load("cross_entropy", {}, {
+        "cross_entropy": ([_PTR] * 4 + [_LONG, _I32, _I64, _I32, _PTR, _PTR], _LONG)})
 
 
 @cache
 def gelu_library() -> ctypes.CDLL | None:
     """The GELU kernel, built and loaded; None where it cannot be."""
-    lib = _load("gelu", {})
-    if lib is None:
-        return None
-    ptr = ctypes.c_void_p
-    lib.gelu_forward.argtypes = [ptr, ptr, ptr, ctypes.c_long, ctypes.c_int]
-    lib.gelu_forward.restype = None
-    return lib
+    return _load("gelu", {}, {"gelu_forward": ([_PTR] * 3 + [_LONG, _I32], None)})
 
 
 @contextmanager
