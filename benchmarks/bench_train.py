@@ -86,8 +86,12 @@ def worker(impl: str, config: str) -> None:
             model = GPTNeoXForCausalLM(GPTNeoXConfig(**keys))
             optimizer = make_optimizer(model, size, suite, fused=False)
 
-            def loss_of(batch):  # transformers shifts the labels itself
-                return model(input_ids=batch, labels=batch).loss
+            def loss_of(batch):
+                # The same 128 positions and 128 predicted tokens as lmsuite's step: given
+                # `labels` alone, transformers would shift them and train on 129 positions.
+                inputs = batch[:, :-1]
+                return model(input_ids=inputs, labels=inputs,
+                             shift_labels=batch[:, 1:].contiguous()).loss
 
         def step(batch):
             loss_of(batch).backward()
