@@ -12,6 +12,7 @@
    so results do not depend on the number of threads. HD, the head dimension, is fixed at
    compile time (a multiple of 8).
 */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,15 +110,12 @@ static inline void rows_dot(const float *x, const float *yT, int T8, int i0, int
     }
 }
 
-/* out[r] = sum_{first <= j < last} w[r * rs + j * js] * x[j] for r < 4  (x: T8 x HD rows).
-   With w at row i0 of a T8 x T8 matrix, rs = T8, js = 1: rows i0 .. i0 + 3 of w times x;
-   with w at column j0, rs = 1, js = T8: columns j0 .. j0 + 3, the transposed product. */
-static inline void comb(const float *w, long rs, long js, const float *x, int first, int last,
-                        float *out) {
+/* out[r] = sum_{j < n} w[r * T8 + j] * x[j] for r < 4: 4 rows of w (T8 apart) times x
+   (rows of HD). */
+static inline void rows_comb(const float *w, int T8, const float *x, int n, float *out) {
     v8 a0[NV] = {0}, a1[NV] = {0}, a2[NV] = {0}, a3[NV] = {0};
-    for (int j = first; j < last; j++) {
-        const float *wj = w + j * js;
-        float p0 = wj[0], p1 = wj[rs], p2 = wj[2 * rs], p3 = wj[3 * rs];
+    for (int j = 0; j < n; j++) {
+        float p0 = w[j], p1 = w[T8 + j], p2 = w[2 * T8 + j], p3 = w[3 * T8 + j];
         for (int c = 0; c < NV; c++) {
             v8 xj = ld(x + j * HD + 8 * c);
             a0[c] += p0 * xj;
@@ -134,14 +132,90 @@ static inline void comb(const float *w, long rs, long js, const float *x, int fi
     }
 }
 
-/* rows i0 .. i0 + 3 of w (T8 x T8) times x, over columns j < n */
-static inline void rows_comb(const float *w, const float *x, int T8, int i0, int n, float *out) {
-    comb(w + (size_t)i0 * T8, T8, 1, x, 0, n, out);
+/* Causal softmax of rows i0 .. i0 + 3 of the scores, in place (rows T8 apart): row i over its
+   columns j <= i. With i0 a multiple of 4, the four rows span the same vectors, of which only the
+   last is cut by the diagonal, so they go through each pass together: four independent chains
+   instead of one row's chain of reductions after another. Leaves P, zero past the diagonal, in
+   the first tpad(i0 + 4) columns. */
+static inline void softmax_block(float *P, int T8, int i0) {
+    const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    int last = i0 / 8 * 8; /* the first column of the vector the diagonal cuts */
+    v8 m[R], sum[R];
+    v8i causal[R];
+    float mx[R];
+    for (int r = 0; r < R; r++) {
+        m[r] = splat(-3.0e38f);
+        sum[r] = splat(0.0f);
+        causal[r] = (lane + last) <= (i0 + r);
+    }
+    for (int j = 0; j < last; j += 8)
+        for (int r = 0; r < R; r++) {
+            v8 s = ld(P + (size_t)r * T8 + j);
+            m[r] = vselect(s > m[r], s, m[r]);
+        }
+    for (int r = 0; r < R; r++) {
+        v8 s = vselect(causal[r], ld(P + (size_t)r * T8 + last), m[r]);
+        mx[r] = hmax(vselect(s > m[r], s, m[r]));
+    }
+    for (int j = 0; j < last; j += 8)
+        for (int r = 0; r < R; r++) {
+            float *p = P + (size_t)r * T8 + j;
+            v8 e = vexp(ld(p) - mx[r]);
+            sum[r] += e;
+            st(p, e);
+        }
+    v8 inv[R];
+    for (int r = 0; r < R; r++) {
+        float *p = P + (size_t)r * T8 + last;
+        v8 e = (v8)((v8i)vexp(ld(p) - mx[r]) & causal[r]);
+        sum[r] += e;
+        st(p, e);
+        inv[r] = splat(1.0f / hsum(sum[r]));
+    }
+    for (int j = 0; j <= last; j += 8)
+        for (int r = 0; r < R; r++) {
+            float *p = P + (size_t)r * T8 + j;
+            st(p, ld(p) * inv[r]);
+        }
 }
 
-/* columns j0 .. j0 + 3 of w, transposed, times x, over rows i >= j0 (causal: w is 0 above) */
-static inline void cols_comb(const float *w, const float *x, int T8, int j0, float *out) {
-    comb(w + j0, 1, T8, x, j0, T8, out);
+/* The 4 rows at src (T8 apart), their first `len` columns, into dst (rows T8 apart) for the
+   backward pass. It reads them only after the whole layer, so they bypass the cache
+   (streaming stores, when dst is aligned for them): they are not first read from memory, and
+   do not push out what this pass works on. */
+static inline void keep(const float *src, float *dst, int T8, int len, int stream_ok) {
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < len; j += 8) {
+            if (stream_ok)
+                stream(dst + (size_t)r * T8 + j, ld(src + (size_t)r * T8 + j));
+            else
+                st(dst + (size_t)r * T8 + j, ld(src + (size_t)r * T8 + j));
+        }
+}
+
+/* acc[j] += sum_r w[r * T8 + j] * x[r] for j < n: 4 rows of w (T8 apart) times 4 rows of x,
+   transposed, added into the rows of acc, r in order. Row by row, so that a block's rows of dS
+   and P serve dk and dv while they are in cache, instead of a second pass down their columns. */
+static inline void outer_add(const float *w, int T8, const float *x, int n, float *acc) {
+    v8 x0[NV], x1[NV], x2[NV], x3[NV];
+    for (int c = 0; c < NV; c++) {
+        x0[c] = ld(x + 8 * c);
+        x1[c] = ld(x + HD + 8 * c);
+        x2[c] = ld(x + 2 * HD + 8 * c);
+        x3[c] = ld(x + 3 * HD + 8 * c);
+    }
+    for (int j = 0; j < n; j++) {
+        float w0 = w[j], w1 = w[T8 + j], w2 = w[2 * T8 + j], w3 = w[3 * T8 + j];
+        float *aj = acc + (size_t)j * HD;
+        for (int c = 0; c < NV; c++) {
+            v8 s = ld(aj + 8 * c);
+            s += w0 * x0[c];
+            s += w1 * x1[c];
+            s += w2 * x2[c];
+            s += w3 * x3[c];
+            st(aj + 8 * c, s);
+        }
+    }
 }
 
 static void transpose(const float *x, int T8, float *xT) {
@@ -159,42 +233,27 @@ static void *forward_job(void *arg) {
     }
     float *q = buf, *k = q + T8 * HD, *v = k + T8 * HD, *kT = v + T8 * HD, *rows = kT + T8 * HD;
     float o[R][HD];
+    int stream_ok = ((uintptr_t)a->probs & 31) == 0;
     for (int bh = a->first; bh < a->last; bh++) {
         int b = bh / H, h = bh % H;
         load_head(a, b, h, q, k, v);
         transpose(k, T8, kT);
         for (int i0 = 0; i0 < T8; i0 += R) {
             int n = i0 + R;
-            /* this block's rows of P: kept for the backward pass, or scratch without one */
-            float *P = a->probs ? a->probs + ((size_t)bh * T8 + i0) * T8 : rows;
+            float *P = rows; /* this block's rows of P */
             rows_dot(q, kT, T8, i0, n, P);
-            for (int r = 0; r < R; r++) {
-                float *p = P + (size_t)r * T8;
-                int i = i0 + r;
-                const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
-                v8 vmax = splat(-3.0e38f);
-                for (int j = 0; j <= i; j += 8) { /* causal: columns j <= i */
-                    v8 s = vselect((lane + j) <= i, ld(p + j), vmax);
-                    vmax = vselect(s > vmax, s, vmax);
-                }
-                float m = hmax(vmax);
-                v8 vsum = {0};
-                int j = 0;
-                for (; j <= i; j += 8) {
-                    v8 e = (v8)((v8i)vexp(ld(p + j) - m) & ((lane + j) <= i));
-                    vsum += e;
-                    st(p + j, e);
-                }
-                for (; j < T8; j++) p[j] = 0;
-                v8 inv = splat(1.0f / hsum(vsum));
-                for (j = 0; j <= i; j += 8) st(p + j, ld(p + j) * inv);
-            }
-            rows_comb(P, v, T8, 0, n, &o[0][0]);
+            softmax_block(P, T8, i0);
+            /* Rows i0 .. i0 + 3 now hold P in their first tpad(n) columns, zero past the
+               diagonal; nothing reads a row past them, here or in the backward pass. */
+            rows_comb(P, T8, v, n, &o[0][0]);
+            if (a->probs)
+                keep(P, a->probs + ((size_t)bh * T8 + i0) * T8, T8, tpad(n), stream_ok);
             for (int r = 0; r < R && i0 + r < T; r++)
                 memcpy(a->res + ((size_t)b * T + i0 + r) * H * HD + (size_t)h * HD, o[r],
                        HD * sizeof(float));
         }
     }
+    stream_fence();
     free(buf);
     return NULL;
 }
@@ -202,14 +261,14 @@ static void *forward_job(void *arg) {
 static void *backward_job(void *arg) {
     const job_t *a = arg;
     int T = a->T, T8 = tpad(T), H = a->H, width = a->width, half = width / 2;
-    float *buf = malloc(sizeof(float) * ((size_t)T8 * HD * 7 + (size_t)T8 * T8 + T8));
+    float *buf = malloc(sizeof(float) * ((size_t)T8 * HD * 8 + (size_t)R * T8 + T8));
     if (buf == NULL) {
         *a->failed = 1;
         return NULL;
     }
     float *q = buf, *k = q + T8 * HD, *v = k + T8 * HD, *vT = v + T8 * HD, *dO = vT + T8 * HD,
-          *dq = dO + T8 * HD, *dk = dq + T8 * HD, *dS = dk + T8 * HD, *D = dS + (size_t)T8 * T8;
-    float blk[R][HD];
+          *dq = dO + T8 * HD, *dk = dq + T8 * HD, *dv = dk + T8 * HD, *dS = dv + T8 * HD,
+          *D = dS + (size_t)R * T8;
     for (int bh = a->first; bh < a->last; bh++) {
         int b = bh / H, h = bh % H;
         load_head(a, b, h, q, k, v);
@@ -230,28 +289,25 @@ static void *backward_job(void *arg) {
         memset(dO + T * HD, 0, (size_t)(T8 - T) * HD * sizeof(float));
         for (int i = T; i < T8; i++) D[i] = 0;
         const float *P = a->probs + (size_t)bh * T8 * T8;
-        for (int i0 = 0; i0 < T8; i0 += R) {
+        memset(dk, 0, sizeof(float) * T8 * HD);
+        memset(dv, 0, sizeof(float) * T8 * HD);
+        for (int i0 = 0; i0 < T8; i0 += R) { /* rows i0 .. i0 + 3 of dS, then their shares */
             int n = i0 + R;
-            rows_dot(dO, vT, T8, i0, n, dS + (size_t)i0 * T8);
-            for (int r = 0; r < R; r++) {
-                int i = i0 + r;
-                float *s = dS + (size_t)i * T8;
-                const float *p = P + (size_t)i * T8;
-                float Di = D[i];
-                int j = 0;
-                for (; j < n; j += 8) st(s + j, ld(p + j) * (ld(s + j) - Di)); /* dS = P (dP - D) */
-                for (; j < T8; j++) s[j] = 0;
+            const float *Pb = P + (size_t)i0 * T8;
+            rows_dot(dO, vT, T8, i0, n, dS);
+            for (int r = 0; r < R; r++) { /* dS = P (dP - D) */
+                float *s = dS + (size_t)r * T8;
+                const float *p = Pb + (size_t)r * T8;
+                v8 Di = splat(D[i0 + r]);
+                for (int j = 0; j < n; j += 8) st(s + j, ld(p + j) * (ld(s + j) - Di));
             }
-            rows_comb(dS, k, T8, i0, n, dq + i0 * HD);
+            rows_comb(dS, T8, k, n, dq + i0 * HD);
+            outer_add(dS, T8, q + i0 * HD, n, dk); /* dk = dS^T q */
+            outer_add(Pb, T8, dO + i0 * HD, n, dv); /* dv = P^T dO */
         }
-        for (int j0 = 0; j0 < T8; j0 += R) {
-            cols_comb(dS, q, T8, j0, dk + j0 * HD);
-            cols_comb(P, dO, T8, j0, &blk[0][0]); /* dv */
-            for (int r = 0; r < R && j0 + r < T; r++) {
-                float *dst = a->dqkv + ((size_t)b * T + j0 + r) * 3 * H * HD + (size_t)h * 3 * HD;
-                memcpy(dst + 2 * HD, blk[r], HD * sizeof(float));
-            }
-        }
+        for (int i = 0; i < T; i++)
+            memcpy(a->dqkv + ((size_t)b * T + i) * 3 * H * HD + (size_t)h * 3 * HD + 2 * HD,
+                   dv + i * HD, HD * sizeof(float));
         for (int i = 0; i < T; i++) { /* the gradient through rotary (its transpose) */
             float *dst = a->dqkv + ((size_t)b * T + i) * 3 * H * HD + (size_t)h * 3 * HD;
             const float *cs = a->cos + (size_t)i * width, *sn = a->sin + (size_t)i * width;

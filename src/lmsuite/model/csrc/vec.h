@@ -9,6 +9,17 @@ static inline v8 ld(const float *p) { return *(const v8 *)p; }
 static inline void st(float *p, v8 v) { *(v8 *)p = v; }
 static inline v8 splat(float x) { return (v8){0} + x; }
 static inline v8 vselect(v8i mask, v8 a, v8 b) { return (v8)(((v8i)a & mask) | ((v8i)b & ~mask)); }
+/* A store that bypasses the cache (p 32-byte aligned), for data not read again soon; call
+   stream_fence() before others read it. A plain store where there is no such instruction. */
+#ifdef __AVX__
+#include <immintrin.h>
+static inline void stream(float *p, v8 v) { _mm256_stream_ps(p, (__m256)v); }
+static inline void stream_fence(void) { _mm_sfence(); }
+#else
+static inline void stream(float *p, v8 v) { st(p, v); }
+static inline void stream_fence(void) {}
+#endif
+
 static inline float hsum(v8 v) {
     float s = 0;
     for (int l = 0; l < 8; l++) s += v[l];
