@@ -12,6 +12,7 @@ from lmsuite.model.cpu_kernels import (
     fused_attention,
     fused_cross_entropy,
     fused_gelu,
+    fused_layer_norm_pair,
 )
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, apply_rotary, rotary_tables
 
@@ -34,9 +35,15 @@ def gelu_kernel():
         pytest.skip("the CPU GELU kernel cannot be built here (no C compiler or OpenMP)")
 
 
+@pytest.fixture(scope="module")
+def ln_kernel():
+    if cpu_kernels.layer_norm_library() is None:
+        pytest.skip("the CPU LayerNorm kernel cannot be built here (no C compiler or OpenMP)")
+
+
 def clear_kernel_caches():
     for library in (attention_library, cpu_kernels.cross_entropy_library,
-                    cpu_kernels.gelu_library):
+                    cpu_kernels.gelu_library, cpu_kernels.layer_norm_library):
         library.cache_clear()
 
 
@@ -134,7 +141,8 @@ def model_outputs(cfg, tokens):
     return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
-def test_model_with_and_without_the_kernels_agree(kernels, ce_kernel, gelu_kernel):
+def test_model_with_and_without_the_kernels_agree(kernels, ce_kernel, gelu_kernel,
+                                                   ln_kernel):
     cfg = NeoXConfig(vocab_size=256, layers=2, d_model=64, heads=4)
     tokens = torch.randint(0, 256, (3, 41), generator=torch.Generator().manual_seed(1))
     fused = model_outputs(cfg, tokens)
@@ -152,6 +160,7 @@ def test_the_environment_can_turn_the_kernels_off(monkeypatch):
         assert attention_library(16) is None
         assert cpu_kernels.cross_entropy_library() is None
         assert cpu_kernels.gelu_library() is None
+        assert cpu_kernels.layer_norm_library() is None
         assert fused_cross_entropy(torch.randn(2, 5), torch.tensor([0, 1])) is None
         assert fused_gelu(torch.randn(4)) is None
     finally:
@@ -253,3 +262,62 @@ def test_fused_gelu_matches_exact_gelu(gelu_kernel, shape):
     torch.testing.assert_close(a.grad, 2 * first)
     with torch.no_grad():  # no derivative kept: the same values
         assert torch.equal(fused_gelu(x), y.detach())
+
+
+def layer_norms(width, seed, eps=1e-5):
+    gen = torch.Generator().manual_seed(seed)
+    pair = torch.nn.LayerNorm(width, eps=eps), torch.nn.LayerNorm(width, eps=eps)
+    with torch.no_grad():
+        for ln in pair:
+            ln.weight.copy_(torch.randn(width, generator=gen))
+            ln.bias.copy_(torch.randn(width, generator=gen))
+    return pair
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16), (130, 64), (2, 64, 160), (1, 8)])
+def test_fused_layer_norm_pair_matches_two_layer_norms(ln_kernel, shape):
+    # rows not a multiple of the kernel's 64-row chunks, a single row, the tiny suite's widths
+    first, second = layer_norms(shape[-1], len(shape))
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=gen) * 3 + 1).requires_grad_()
+    g1, g2 = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    y1, y2 = fused_layer_norm_pair(x, first, second)
+    params = [x, first.weight, first.bias, second.weight, second.bias]
+    grads = torch.autograd.grad((y1 * g1).sum() + (y2 * g2).sum(), params)
+    ref = [p.detach().double().requires_grad_() for p in params]
+    r1 = F.layer_norm(ref[0], shape[-1:], ref[1], ref[2], first.eps)
+    r2 = F.layer_norm(ref[0], shape[-1:], ref[3], ref[4], second.eps)
+    ref_grads = torch.autograd.grad((r1 * g1.double()).sum() + (r2 * g2.double()).sum(), ref)
+    torch.testing.assert_close(y1.double(), r1.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y2.double(), r2.detach(), atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_layer_norm_pair_does_not_depend_on_the_thread_count(ln_kernel):
+    first, second = layer_norms(64, 5)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(300, 64, generator=gen)
+    g1, g2 = torch.randn(300, 64, generator=gen), torch.randn(300, 64, generator=gen)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            a = x.clone().requires_grad_()
+            y1, y2 = fused_layer_norm_pair(a, first, second)
+            params = [a, first.weight, first.bias, second.weight, second.bias]
+            results.append([y1, y2, *torch.autograd.grad((y1 * g1).sum() + (y2 * g2).sum(),
+                                                         params)])
+    finally:
+        torch.set_num_threads(threads)
+    for one, three in zip(*results, strict=True):
+        assert torch.equal(one, three)
+
+
+def test_fused_layer_norm_pair_declines_what_it_does_not_do(ln_kernel):
+    assert fused_layer_norm_pair(torch.randn(4, 12), *layer_norms(12, 0)) is None  # width 12
+    mixed = torch.nn.LayerNorm(16, eps=1e-5), torch.nn.LayerNorm(16, eps=1e-6)
+    assert fused_layer_norm_pair(torch.randn(4, 16), *mixed) is None
+    assert fused_layer_norm_pair(torch.randn(4, 16, dtype=torch.float64),
+                                 *layer_norms(16, 0)) is None

@@ -9,7 +9,9 @@ on the products themselves. Three kernels take the largest parts of it, forward 
   (`csrc/cross_entropy.c`);
 - `fused_gelu`: exact GELU with a vectorized erf and exp, writing its derivative in the same
   pass when a backward pass follows, so that the backward pass is one multiplication
-  (`csrc/gelu.c`).
+  (`csrc/gelu.c`);
+- `fused_layer_norm_pair`: the parallel block's two LayerNorms of the same rows in one pass,
+  and their backward pass in one pass (`csrc/layer_norm.c`).
 
 A kernel is built once per machine, compiler and shape parameter into the cache folder
 (`$LMSUITE_CACHE`, else `$XDG_CACHE_HOME/lmsuite`, else `~/.cache/lmsuite`), written
@@ -197,6 +199,14 @@ def gelu_library() -> ctypes.CDLL | None:
     return _load("gelu", {}, {"gelu_forward": ([_PTR] * 3 + [_LONG, _I32], None)})
 
 
+@cache
+def layer_norm_library() -> ctypes.CDLL | None:
+    """The LayerNorm pair kernel, built and loaded; None where it cannot be."""
+    return _load("layer_norm", {}, {
+        "layer_norm_pair_forward": ([_PTR] * 9 + [_LONG, _I32, _F32, _I32], None),
+        "layer_norm_pair_backward": ([_PTR] * 10 + [_LONG, _I32, _I32], None)})
+
+
 @contextmanager
 def _unfilled() -> Iterator[None]:
     """Within: new tensors are not filled first. Under deterministic algorithms PyTorch fills
@@ -339,3 +349,58 @@ def fused_gelu(x: torch.Tensor) -> torch.Tensor | None:
         return None
     backward = torch.is_grad_enabled() and x.requires_grad  # else no derivative kept
     return _Gelu.apply(x.contiguous(), backward, lib)
+
+
+_LN_CHUNK = 64  # rows per partial sum of the weight and bias gradients (CHUNK in layer_norm.c)
+
+
+class _LayerNormPair(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, eps, lib):
+        d = x.shape[-1]
+        n = x.numel() // d
+        with _unfilled():
+            y1, y2 = torch.empty_like(x), torch.empty_like(x)
+            mean, rstd = x.new_empty(n), x.new_empty(n)
+        lib.layer_norm_pair_forward(x.data_ptr(), w1.data_ptr(), b1.data_ptr(), w2.data_ptr(),
+                                    b2.data_ptr(), y1.data_ptr(), y2.data_ptr(), mean.data_ptr(),
+                                    rstd.data_ptr(), n, d, eps, torch.get_num_threads())
+        ctx.save_for_backward(x, w1, w2, mean, rstd)
+        ctx.lib = lib
+        return y1, y2
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        x, w1, w2, mean, rstd = ctx.saved_tensors
+        g1, g2 = g1.contiguous(), g2.contiguous()
+        d = x.shape[-1]
+        n = x.numel() // d
+        with _unfilled():
+            dx = torch.empty_like(x)
+            grads = x.new_empty(4, d)
+            partial = x.new_empty(-(-n // _LN_CHUNK), 4, d)
+        ctx.lib.layer_norm_pair_backward(x.data_ptr(), w1.data_ptr(), w2.data_ptr(),
+                                         mean.data_ptr(), rstd.data_ptr(), g1.data_ptr(),
+                                         g2.data_ptr(), dx.data_ptr(), grads.data_ptr(),
+                                         partial.data_ptr(), n, d, torch.get_num_threads())
+        return dx, grads[0], grads[1], grads[2], grads[3], None, None
+
+
+def fused_layer_norm_pair(x: torch.Tensor, first: torch.nn.LayerNorm,
+                          second: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`(first(x), second(x))` for two LayerNorms over x's last dimension, in one pass forward
+    and one backward; None when the kernel does not apply here, and the caller then applies
+    the two modules."""
+    d = x.shape[-1]
+    params = (first.weight, first.bias, second.weight, second.bias)
+    if (_disabled_depth or x.device.type != "cpu" or x.dtype != torch.float32 or d % 8
+            or first.normalized_shape != (d,) or second.normalized_shape != (d,)
+            or first.eps != second.eps or any(p is None or p.dtype != torch.float32
+                                               for p in params)
+            or not sys.platform.startswith("linux")):
+        return None
+    lib = layer_norm_library()
+    if lib is None:
+        return None
+    return _LayerNormPair.apply(x.contiguous(), *(p.contiguous() for p in params), first.eps,
+                                lib)

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmsuite.config import ModelConfig
-from lmsuite.model.cpu_kernels import fused_attention, fused_cross_entropy, fused_gelu
+from lmsuite.model.cpu_kernels import (
+    fused_attention,
+    fused_cross_entropy,
+    fused_gelu,
+    fused_layer_norm_pair,
+)
 
 # --- rotary position embedding ------------------------------------------------------------
 
@@ -99,9 +104,12 @@ class NeoXLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
-        attn = self.attention(self.input_layernorm(x), cos, sin, mask, kv)
         if self.parallel_residual:
-            return x + attn + self.mlp(self.post_attention_layernorm(x))
+            pair = fused_layer_norm_pair(x, self.input_layernorm, self.post_attention_layernorm)
+            if pair is None:
+                pair = self.input_layernorm(x), self.post_attention_layernorm(x)
+            return x + self.attention(pair[0], cos, sin, mask, kv) + self.mlp(pair[1])
+        attn = self.attention(self.input_layernorm(x), cos, sin, mask, kv)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x))
 
