@@ -321,3 +321,14 @@ def test_fused_layer_norm_pair_declines_what_it_does_not_do(ln_kernel):
     assert fused_layer_norm_pair(torch.randn(4, 16), *mixed) is None
     assert fused_layer_norm_pair(torch.randn(4, 16, dtype=torch.float64),
                                  *layer_norms(16, 0)) is None
+
+
+def test_a_hook_on_a_layer_norm_still_runs_in_the_model(ln_kernel):
+    cfg = NeoXConfig(vocab_size=64, layers=1, d_model=16, heads=1)
+    model = GPTNeoX(cfg)
+    model.init_weights(0)
+    seen = []
+    norm = model.gpt_neox.layers[0].post_attention_layernorm
+    norm.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    model(torch.randint(0, 64, (2, 5)))
+    assert seen == [torch.Size([2, 5, 16])]

@@ -1,7 +1,7 @@
 """Fused CPU kernels in C, compiled on first use with the machine's C compiler.
 
 On a CPU, a small model's step spends as much time on the glue around its matrix products as
-on the products themselves. Three kernels take the largest parts of it, forward and backward:
+on the products themselves. Four kernels take the largest parts of it, forward and backward:
 - `fused_attention`: rotary embedding and causal attention of a layer, from the fused QKV
   projection to the heads' outputs side by side (`csrc/attention.c`), replacing the
   transposes, slices, concatenations and copies around PyTorch's attention;
@@ -351,6 +351,14 @@ def fused_gelu(x: torch.Tensor) -> torch.Tensor | None:
     return _Gelu.apply(x.contiguous(), backward, lib)
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether calling the module would run hooks (a researcher's probe on its output), which
+    a kernel standing in for the module would skip."""
+    hooks = torch.nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+
+
 _LN_CHUNK = 64  # rows per partial sum of the weight and bias gradients (CHUNK in layer_norm.c)
 
 
@@ -393,7 +401,8 @@ def fused_layer_norm_pair(x: torch.Tensor, first: torch.nn.LayerNorm,
     the two modules."""
     d = x.shape[-1]
     params = (first.weight, first.bias, second.weight, second.bias)
-    if (_disabled_depth or x.device.type != "cpu" or x.dtype != torch.float32 or d % 8
+    if (_disabled_depth or _hooked(first) or _hooked(second) or x.device.type != "cpu"
+            or x.dtype != torch.float32 or d % 8
             or first.normalized_shape != (d,) or second.normalized_shape != (d,)
             or first.eps != second.eps or any(p is None or p.dtype != torch.float32
                                                for p in params)
