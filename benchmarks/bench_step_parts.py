@@ -5,8 +5,9 @@ Times, interleaved so that the machine's drift hits each alike (median of the ro
 - the same plus the output layer (full-vocabulary logits), forward + backward;
 - the same plus the cross-entropy, forward + backward;
 - the whole step (with clipping and the fused AdamW update);
-- the whole step with lmsuite's CPU kernels (rotary + attention, cross-entropy, GELU) off, as
-  PyTorch's operations do it: `cpu_kernels_speedup` is what the kernels are worth;
+- the whole step with lmsuite's CPU kernels (rotary + attention, cross-entropy, GELU, the
+  LayerNorm pair) off, as PyTorch's operations do it: `cpu_kernels_speedup` is what the
+  kernels are worth;
 - the whole step with GELU costing nothing (replaced by the identity): a bound on what a fused
   kernel for it could save.
 Differences give each part's cost. `matmul_floor_ms` is how long the step's arithmetic
