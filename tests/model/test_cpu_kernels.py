@@ -93,24 +93,33 @@ def test_fused_attention_matches_rotary_plus_sdpa_forward_and_backward(
     torch.testing.assert_close(y.double(), y_ref.detach(), atol=1e-5, rtol=1e-5)
 
 
+def at_one_and_three_threads(run):
+    """run()'s tensors with PyTorch's pool at 1 thread and at 3."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
 def test_fused_attention_does_not_depend_on_the_thread_count(kernels):
     gen = torch.Generator().manual_seed(0)
     qkv = torch.randn(4, 50, 3 * 3 * 16, generator=gen)
     cos, sin = rotary_tables(50, 4, 10000.0)
     grad = torch.randn(4, 50, 3 * 16, generator=gen)
-    threads = torch.get_num_threads()
-    outputs = []
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            x = qkv.clone().requires_grad_()
-            y = fused_attention(x, cos, sin, 3)
-            y.backward(grad)
-            outputs.append((y.detach(), x.grad))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(outputs[0][0], outputs[1][0])
-    assert torch.equal(outputs[0][1], outputs[1][1])
+
+    def run():
+        x = qkv.clone().requires_grad_()
+        y = fused_attention(x, cos, sin, 3)
+        y.backward(grad)
+        return y.detach(), x.grad
+
+    for one, three in zip(*at_one_and_three_threads(run), strict=True):
+        assert torch.equal(one, three)
 
 
 def test_fused_attention_without_a_backward_pass_keeps_no_probabilities(kernels):
@@ -299,19 +308,14 @@ def test_fused_layer_norm_pair_does_not_depend_on_the_thread_count(ln_kernel):
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(300, 64, generator=gen)
     g1, g2 = torch.randn(300, 64, generator=gen), torch.randn(300, 64, generator=gen)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            a = x.clone().requires_grad_()
-            y1, y2 = fused_layer_norm_pair(a, first, second)
-            params = [a, first.weight, first.bias, second.weight, second.bias]
-            results.append([y1, y2, *torch.autograd.grad((y1 * g1).sum() + (y2 * g2).sum(),
-                                                         params)])
-    finally:
-        torch.set_num_threads(threads)
-    for one, three in zip(*results, strict=True):
+
+    def run():
+        a = x.clone().requires_grad_()
+        y1, y2 = fused_layer_norm_pair(a, first, second)
+        params = [a, first.weight, first.bias, second.weight, second.bias]
+        return [y1, y2, *torch.autograd.grad((y1 * g1).sum() + (y2 * g2).sum(), params)]
+
+    for one, three in zip(*at_one_and_three_threads(run), strict=True):
         assert torch.equal(one, three)
 
 
