@@ -3,8 +3,8 @@
    In GPT-NeoX's parallel block, attention and the MLP each normalize the same residual rows
    with their own weights. Both share the row's mean and 1/std, so one pass reads each row once
    and writes both outputs; the backward pass is linear in the gradient of the normalized row,
-   so the two branches' gradients combine before one LayerNorm backward, and the residual
-   gradient of x comes out of one pass instead of two and an addition.
+   so the two branches' gradients combine before one LayerNorm backward, and x's gradient
+   through both comes out of one pass instead of two and an addition.
 
    Rows are split among PyTorch's OpenMP threads, a row computed whole by one thread. The
    weight and bias gradients are summed over fixed chunks of rows, then over the chunks in
@@ -12,7 +12,6 @@
    of 8.
 */
 #include <math.h>
-#include <stdint.h>
 
 #include "vec.h"
 
