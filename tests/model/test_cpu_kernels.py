@@ -336,3 +336,20 @@ def test_a_hook_on_a_layer_norm_still_runs_in_the_model(ln_kernel):
     norm.register_forward_hook(lambda module, args, out: seen.append(out.shape))
     model(torch.randint(0, 64, (2, 5)))
     assert seen == [torch.Size([2, 5, 16])]
+
+
+def test_torch_compile_traces_the_model_whole_on_pytorchs_operations(kernels, ce_kernel,
+                                                                      gelu_kernel, ln_kernel):
+    # The compiler cannot see into a kernel: traced, the model uses PyTorch's operations, so
+    # it compiles as one graph (a kernel call would break it, and `fullgraph` would raise).
+    torch._dynamo.reset()
+    cfg = NeoXConfig(vocab_size=256, layers=2, d_model=64, heads=4)
+    model = GPTNeoX(cfg)
+    model.init_weights(0)
+    tokens = torch.randint(0, 256, (3, 41), generator=torch.Generator().manual_seed(2))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    logits, loss = compiled(tokens[:, :-1], labels=tokens[:, 1:])
+    eager_logits, eager_loss = model(tokens[:, :-1], labels=tokens[:, 1:])
+    torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, eager_loss, atol=1e-6, rtol=1e-6)
+    torch._dynamo.reset()

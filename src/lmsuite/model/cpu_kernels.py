@@ -20,7 +20,8 @@ results do not depend on their number. Where a kernel cannot be built or loaded 
 compiler, no OpenMP, PyTorch not on libgomp, not Linux) or does not apply (not fp32 on CPU; for
 attention a padding mask or a KV cache, a head size not a multiple of 8, sequences longer than
 `MAX_SEQ`), the model uses PyTorch's operations, which give the same results to float
-rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off; `disabled()` does so within a block.
+rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off; `disabled()` does so within a block,
+and so does torch.compile while it traces the model.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _disabled_depth -= 1
+
+
+def _off() -> bool:
+    """True within `disabled()`, and while torch.compile traces the model: the compiler
+    cannot see into a kernel, and fuses PyTorch's operations itself."""
+    return bool(_disabled_depth) or torch.compiler.is_compiling()
 
 
 def cache_dir() -> Path:
@@ -263,7 +270,7 @@ def fused_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     `neox.apply_rotary` does. None when the kernel does not apply; the caller then uses
     PyTorch's attention."""
     b, t, width = qkv.shape
-    if (_disabled_depth or qkv.device.type != "cpu" or qkv.dtype != torch.float32
+    if (_off() or qkv.device.type != "cpu" or qkv.dtype != torch.float32
             or cos.dtype != torch.float32 or t > MAX_SEQ or width % (3 * heads)
             or not sys.platform.startswith("linux")):
         return None
@@ -308,7 +315,7 @@ def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     """Mean cross-entropy of logits (rows, classes) against labels (rows,), as
     `F.cross_entropy(logits, labels, ignore_index=ignore_index)`; None when the kernel does
     not apply here, and the caller then uses PyTorch's."""
-    if (_disabled_depth or logits.device.type != "cpu" or logits.dtype != torch.float32
+    if (_off() or logits.device.type != "cpu" or logits.dtype != torch.float32
             or logits.ndim != 2
             or labels.dtype != torch.int64 or not sys.platform.startswith("linux")
             or logits.shape[1] >= 2**31):
@@ -341,7 +348,7 @@ class _Gelu(torch.autograd.Function):
 def fused_gelu(x: torch.Tensor) -> torch.Tensor | None:
     """Exact GELU, as `F.gelu(x)` computes it on CPU (the same erf formula, to float rounding);
     None when the kernel does not apply here, and the caller then uses PyTorch's."""
-    if (_disabled_depth or x.device.type != "cpu" or x.dtype != torch.float32
+    if (_off() or x.device.type != "cpu" or x.dtype != torch.float32
             or not sys.platform.startswith("linux")):
         return None
     lib = gelu_library()
@@ -401,7 +408,7 @@ def fused_layer_norm_pair(x: torch.Tensor, first: torch.nn.LayerNorm,
     the two modules."""
     d = x.shape[-1]
     params = (first.weight, first.bias, second.weight, second.bias)
-    if (_disabled_depth or _hooked(first) or _hooked(second) or x.device.type != "cpu"
+    if (_off() or _hooked(first) or _hooked(second) or x.device.type != "cpu"
             or x.dtype != torch.float32 or d % 8
             or first.normalized_shape != (d,) or second.normalized_shape != (d,)
             or first.eps != second.eps or any(p is None or p.dtype != torch.float32
