@@ -1,16 +1,22 @@
-"""Does torch.compile pay for a suite's model on this machine? Eager vs compiled training
-tokens/s, the compile time, and the steps needed to win it back. One JSON line per size.
+"""Does torch.compile pay for a suite's model on this machine? Training tokens/s of the model
+as lmsuite trains it (eager, with its CPU kernels), eager on PyTorch's operations alone, and
+compiled (the compiler traces PyTorch's operations: the kernels stand aside while it traces),
+the time of the first two steps (the compile), and the steps the compiled model needs to win
+that time back from lmsuite's eager model. One JSON line per size.
 
     .venv/bin/python benchmarks/bench_compile.py [configs/tiny.toml] [--models tiny-3,tiny-8]
 """
 
 import argparse
 import json
+import os
+import tempfile
 import time
 
 import torch
 
 from lmsuite.config import load_suite
+from lmsuite.model import cpu_kernels
 from lmsuite.model.neox import GPTNeoX, config_for_size
 from lmsuite.train.allocator import keep_freed_memory
 from lmsuite.train.trainer import make_optimizer
@@ -22,6 +28,8 @@ def main() -> None:
     parser.add_argument("--models", default="tiny-3,tiny-8")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
+    # A cold compile, as a user's first run has it: a fresh cache for inductor's output.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmsuite-inductor-")
     keep_freed_memory()
     suite = load_suite(args.config)
     batch = torch.randint(0, suite.data.vocab_size,
@@ -31,14 +39,19 @@ def main() -> None:
         size = suite.model(name)
         cfg = config_for_size(size, suite.data.vocab_size, suite.data.seq_len)
         result = {"benchmark": "compile", "model": name}
-        for mode in ("eager", "compiled"):
+        for mode in ("eager", "eager_pytorch_ops", "compiled"):
             model = GPTNeoX(cfg)
             model.init_weights(0)
             optimizer = make_optimizer(model, size, suite, fused=True)
             forward = torch.compile(model) if mode == "compiled" else model
 
-            def step(forward=forward, model=model, optimizer=optimizer):
-                forward(batch[:, :-1], labels=batch[:, 1:])[1].backward()
+            def step(forward=forward, model=model, optimizer=optimizer, mode=mode):
+                if mode == "eager_pytorch_ops":
+                    with cpu_kernels.disabled():
+                        loss = forward(batch[:, :-1], labels=batch[:, 1:])[1]
+                else:
+                    loss = forward(batch[:, :-1], labels=batch[:, 1:])[1]
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
