@@ -353,3 +353,29 @@ def test_torch_compile_traces_the_model_whole_on_pytorchs_operations(kernels, ce
     torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, eager_loss, atol=1e-6, rtol=1e-6)
     torch._dynamo.reset()
+
+
+def test_per_example_gradients_with_torch_func_match_the_kernels_backward(kernels, ce_kernel,
+                                                                          gelu_kernel,
+                                                                          ln_kernel):
+    # torch.func's transforms need PyTorch's operations; the kernels stand aside under them.
+    from torch.func import functional_call, grad, vmap
+
+    cfg = NeoXConfig(vocab_size=256, layers=2, d_model=64, heads=4)
+    model = GPTNeoX(cfg)
+    model.init_weights(0)
+    tokens = torch.randint(0, 256, (3, 17), generator=torch.Generator().manual_seed(3))
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss_of(p, sample):
+        return functional_call(model, p, (sample[None, :-1],), {"labels": sample[None, 1:]})[1]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch's note on attention's missing batching rule
+        per_example = vmap(grad(loss_of), in_dims=(None, 0))(params, tokens)
+    for i in range(len(tokens)):
+        model.zero_grad()
+        model(tokens[i:i + 1, :-1], labels=tokens[i:i + 1, 1:])[1].backward()  # the kernels
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(per_example[name][i], p.grad, atol=1e-5, rtol=1e-4,
+                                       msg=name)

@@ -21,7 +21,7 @@ compiler, no OpenMP, PyTorch not on libgomp, not Linux) or does not apply (not f
 attention a padding mask or a KV cache, a head size not a multiple of 8, sequences longer than
 `MAX_SEQ`), the model uses PyTorch's operations, which give the same results to float
 rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off; `disabled()` does so within a block,
-and so does torch.compile while it traces the model.
+and so do torch.compile while it traces the model and torch.func's transforms.
 """
 
 from __future__ import annotations
@@ -68,9 +68,12 @@ def disabled() -> Iterator[None]:
 
 
 def _off() -> bool:
-    """True within `disabled()`, and while torch.compile traces the model: the compiler
-    cannot see into a kernel, and fuses PyTorch's operations itself."""
-    return bool(_disabled_depth) or torch.compiler.is_compiling()
+    """True within `disabled()`; while torch.compile traces the model (the compiler cannot see
+    into a kernel, and fuses PyTorch's operations itself); and under torch.func's transforms
+    (`grad`, `vmap`, ...: per-example gradients and the like), which need PyTorch's
+    operations."""
+    return (bool(_disabled_depth) or torch.compiler.is_compiling()
+            or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
 def cache_dir() -> Path:
