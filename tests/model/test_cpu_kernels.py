@@ -379,3 +379,34 @@ def test_per_example_gradients_with_torch_func_match_the_kernels_backward(kernel
         for name, p in model.named_parameters():
             torch.testing.assert_close(per_example[name][i], p.grad, atol=1e-5, rtol=1e-4,
                                        msg=name)
+
+
+def kernel_outputs(name):
+    """(inputs that want a gradient, a scalar from the kernel's output) for one kernel."""
+    gen = torch.Generator().manual_seed(4)
+    if name == "attention":
+        qkv = torch.randn(2, 9, 2 * 3 * 8, generator=gen, requires_grad=True)
+        cos, sin = rotary_tables(9, 2, 10000.0)
+        return [qkv], fused_attention(qkv, cos, sin, 2).square().sum()
+    if name == "cross_entropy":
+        logits = torch.randn(5, 7, generator=gen, requires_grad=True)
+        return [logits], fused_cross_entropy(logits, torch.tensor([0, 1, 2, 3, 4]))
+    if name == "gelu":
+        x = torch.randn(11, generator=gen, requires_grad=True)
+        return [x], fused_gelu(x).square().sum()
+    first, second = layer_norms(8, 0)
+    x = torch.randn(3, 8, generator=gen, requires_grad=True)
+    y1, y2 = fused_layer_norm_pair(x, first, second)
+    return [x, first.weight], (y1 * y2).sum()
+
+
+@pytest.mark.parametrize("name", ["attention", "cross_entropy", "gelu", "layer_norm_pair"])
+def test_second_order_gradients_through_a_kernel_are_refused(kernels, ce_kernel, gelu_kernel,
+                                                             ln_kernel, name):
+    # A kernel's gradient carries no graph, so a Hessian-vector product through it would be
+    # silently wrong: asking for one (create_graph=True) is an error that says what to do.
+    inputs, out = kernel_outputs(name)
+    with pytest.raises(RuntimeError, match=r"first-order gradients only.*disabled\(\)"):
+        torch.autograd.grad(out, inputs, create_graph=True)
+    inputs, out = kernel_outputs(name)
+    assert all(g is not None for g in torch.autograd.grad(out, inputs))  # first order works

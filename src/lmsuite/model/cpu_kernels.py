@@ -76,6 +76,18 @@ def _off() -> bool:
             or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
+def _first_order_only() -> None:
+    """Called first in each kernel's backward pass. Grad mode is on there only when the caller
+    asked for a graph of the gradient (`create_graph=True`), for second-order gradients such as
+    Hessian-vector products; a kernel's gradient carries no such graph, so those would come out
+    silently wrong."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "lmsuite's CPU kernels give first-order gradients only (create_graph=True asks for "
+            "more): run the forward pass inside lmsuite.model.cpu_kernels.disabled(), or with "
+            "LMSUITE_CPU_KERNELS=0, to differentiate through PyTorch's operations")
+
+
 def cache_dir() -> Path:
     """Where built kernels are kept."""
     root = os.environ.get("LMSUITE_CACHE")
@@ -252,6 +264,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        _first_order_only()
         qkv, cos, sin, res, probs = ctx.saved_tensors
         grad = grad.contiguous()
         with _unfilled():
@@ -305,6 +318,7 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        _first_order_only()
         if ctx.done:
             raise RuntimeError("the fused cross-entropy's backward runs once (it hands out its "
                                "saved gradient); retain_graph is not supported")
@@ -344,6 +358,7 @@ class _Gelu(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        _first_order_only()
         (derivative,) = ctx.saved_tensors
         return grad * derivative, None, None
 
@@ -389,6 +404,7 @@ class _LayerNormPair(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g1, g2):
+        _first_order_only()
         x, w1, w2, mean, rstd = ctx.saved_tensors
         g1, g2 = g1.contiguous(), g2.contiguous()
         d = x.shape[-1]
