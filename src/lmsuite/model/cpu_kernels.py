@@ -67,13 +67,19 @@ def disabled() -> Iterator[None]:
         _disabled_depth -= 1
 
 
+# The innermost active torch.func transform, or None (private to PyTorch, so looked up with a
+# fallback: where it is missing, a transform meets the kernels and PyTorch refuses them loudly).
+_functorch_transform = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack",
+                               lambda: None)
+
+
 def _off() -> bool:
     """True within `disabled()`; while torch.compile traces the model (the compiler cannot see
     into a kernel, and fuses PyTorch's operations itself); and under torch.func's transforms
     (`grad`, `vmap`, ...: per-example gradients and the like), which need PyTorch's
     operations."""
     return (bool(_disabled_depth) or torch.compiler.is_compiling()
-            or torch._C._functorch.peek_interpreter_stack() is not None)
+            or _functorch_transform() is not None)
 
 
 def _first_order_only() -> None:
