@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -29,7 +30,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     # A cold compile, as a user's first run has it: a fresh cache for inductor's output.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmsuite-inductor-")
+    with tempfile.TemporaryDirectory(prefix="lmsuite-inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     keep_freed_memory()
     suite = load_suite(args.config)
     batch = torch.randint(0, suite.data.vocab_size,
@@ -46,10 +52,7 @@ def main() -> None:
             forward = torch.compile(model) if mode == "compiled" else model
 
             def step(forward=forward, model=model, optimizer=optimizer, mode=mode):
-                if mode == "eager_pytorch_ops":
-                    with cpu_kernels.disabled():
-                        loss = forward(batch[:, :-1], labels=batch[:, 1:])[1]
-                else:
+                with cpu_kernels.disabled() if mode == "eager_pytorch_ops" else nullcontext():
                     loss = forward(batch[:, :-1], labels=batch[:, 1:])[1]
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
