@@ -56,6 +56,19 @@ def test_loss_is_the_mean_next_token_cross_entropy_and_ignores_minus_100():
     torch.testing.assert_close(loss, expected)
 
 
+def test_loss_keeps_a_float64_models_precision():
+    """Half-precision logits are scored in fp32; float64 ones must not be cut down to it."""
+    model = GPTNeoX(NeoXConfig(vocab_size=256, layers=1, d_model=32, heads=2)).double()
+    model.init_weights(0)
+    tokens = torch.randint(0, 256, (2, 9))
+    logits, loss = model(tokens[:, :-1], labels=tokens[:, 1:])
+    assert loss.dtype == torch.float64
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+    torch.testing.assert_close(loss, expected, rtol=1e-13, atol=0)
+    loss.backward()
+    assert model.embed_out.weight.grad.dtype == torch.float64
+
+
 def test_parameter_count_without_embeddings_excludes_both_embedding_matrices():
     cfg = NeoXConfig(vocab_size=512, layers=2, d_model=64, heads=4)
     model = GPTNeoX(cfg)

@@ -235,7 +235,10 @@ class GPTNeoX(nn.Module):
         logits = self.embed_out(self.gpt_neox.final_layer_norm(x))  # (batch, seq, vocab)
         if labels is None:
             return logits
-        flat_logits, flat_labels = logits.flatten(0, 1).float(), labels.flatten()
+        # Half-precision logits are scored in fp32; float64 ones keep their precision.
+        flat_logits = logits.flatten(0, 1)
+        flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))
+        flat_labels = labels.flatten()
         loss = fused_cross_entropy(flat_logits, flat_labels, ignore_index=-100)
         if loss is None:
             loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
