@@ -381,23 +381,68 @@ def test_per_example_gradients_with_torch_func_match_the_kernels_backward(kernel
                                        msg=name)
 
 
-def kernel_outputs(name):
-    """(inputs that want a gradient, a scalar from the kernel's output) for one kernel."""
+def kernel_output(name):
+    """(inputs that want a gradient, the kernel's output or outputs) for one kernel."""
     gen = torch.Generator().manual_seed(4)
     if name == "attention":
         qkv = torch.randn(2, 9, 2 * 3 * 8, generator=gen, requires_grad=True)
         cos, sin = rotary_tables(9, 2, 10000.0)
-        return [qkv], fused_attention(qkv, cos, sin, 2).square().sum()
+        return [qkv], fused_attention(qkv, cos, sin, 2)
     if name == "cross_entropy":
         logits = torch.randn(5, 7, generator=gen, requires_grad=True)
         return [logits], fused_cross_entropy(logits, torch.tensor([0, 1, 2, 3, 4]))
     if name == "gelu":
         x = torch.randn(11, generator=gen, requires_grad=True)
-        return [x], fused_gelu(x).square().sum()
+        return [x], fused_gelu(x)
     first, second = layer_norms(8, 0)
     x = torch.randn(3, 8, generator=gen, requires_grad=True)
-    y1, y2 = fused_layer_norm_pair(x, first, second)
-    return [x, first.weight], (y1 * y2).sum()
+    return [x, first.weight, second.bias], fused_layer_norm_pair(x, first, second)
+
+
+def kernel_outputs(name):
+    """(inputs that want a gradient, a scalar from the kernel's output) for one kernel."""
+    inputs, out = kernel_output(name)
+    if name == "layer_norm_pair":
+        return inputs, (out[0] * out[1]).sum()
+    return inputs, out if name == "cross_entropy" else out.square().sum()
+
+
+@pytest.mark.parametrize("name", ["attention", "cross_entropy", "gelu", "layer_norm_pair"])
+def test_batched_gradients_through_a_kernel_equal_one_at_a_time(kernels, ce_kernel, gelu_kernel,
+                                                                  ln_kernel, name):
+    # `torch.autograd.grad(..., is_grads_batched=True)`, which
+    # `torch.autograd.functional.jacobian(..., vectorize=True)` uses, hands a kernel's backward
+    # pass a batch of gradients that has no memory of its own for the kernel to read.
+    inputs, out = kernel_output(name)
+    outs = out if isinstance(out, tuple) else (out,)
+    gen = torch.Generator().manual_seed(5)
+    vectors = [torch.randn(3, *o.shape, generator=gen) for o in outs]
+    batched = torch.autograd.grad(outs, inputs, vectors, is_grads_batched=True)
+    for i in range(3):
+        inputs, out = kernel_output(name)  # a new graph: the cross-entropy's runs backward once
+        one = torch.autograd.grad(out, inputs, [v[i] for v in vectors])
+        for b, o in zip(batched, one, strict=True):
+            torch.testing.assert_close(b[i], o, atol=1e-6, rtol=1e-5)
+
+
+def test_a_vectorized_jacobian_through_the_model_matches_pytorchs_operations(
+        kernels, ce_kernel, gelu_kernel, ln_kernel):
+    from torch.func import functional_call
+
+    model = GPTNeoX(NeoXConfig(vocab_size=256, layers=2, d_model=64, heads=4))
+    model.init_weights(0)
+    tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(6))
+    name = "gpt_neox.layers.0.attention.query_key_value.weight"
+
+    def logits(w):  # the first 8 logits at the last position, as a function of one weight
+        return functional_call(model, {name: w}, (tokens,))[:, -1, :8]
+
+    w = dict(model.named_parameters())[name].detach()
+    through_kernels = torch.autograd.functional.jacobian(logits, w, vectorize=True)
+    with cpu_kernels.disabled():
+        expected = torch.autograd.functional.jacobian(logits, w, vectorize=True)
+    assert through_kernels.abs().max() > 0
+    torch.testing.assert_close(through_kernels, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["attention", "cross_entropy", "gelu", "layer_norm_pair"])

@@ -21,7 +21,8 @@ compiler, no OpenMP, PyTorch not on libgomp, not Linux) or does not apply (not f
 attention a padding mask or a KV cache, a head size not a multiple of 8, sequences longer than
 `MAX_SEQ`), the model uses PyTorch's operations, which give the same results to float
 rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off; `disabled()` does so within a block,
-and so do torch.compile while it traces the model and torch.func's transforms.
+and so do torch.compile while it traces the model and torch.func's transforms. Given a batch
+of gradients (`is_grads_batched`), a kernel's backward pass runs in PyTorch's operations.
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ def _first_order_only() -> None:
             "lmsuite's CPU kernels give first-order gradients only (create_graph=True asks for "
             "more): run the forward pass inside lmsuite.model.cpu_kernels.disabled(), or with "
             "LMSUITE_CPU_KERNELS=0, to differentiate through PyTorch's operations")
+
+
+def _without_storage(t: torch.Tensor) -> bool:
+    """Whether t has no memory of its own for a kernel to read: the batched gradients of
+    `torch.autograd.grad(..., is_grads_batched=True)` and of
+    `torch.autograd.functional.jacobian(..., vectorize=True)`. A kernel's backward pass then
+    computes its gradient with PyTorch's operations, which handle the batch."""
+    try:
+        t.data_ptr()
+    except RuntimeError:
+        return True
+    return False
 
 
 def cache_dir() -> Path:
@@ -272,6 +285,9 @@ class _Attention(torch.autograd.Function):
     def backward(ctx, grad):
         _first_order_only()
         qkv, cos, sin, res, probs = ctx.saved_tensors
+        if _without_storage(grad):
+            dqkv = _attention_backward_pytorch(qkv, cos, sin, probs, grad, ctx.heads, ctx.scale)
+            return dqkv, None, None, None, None, None
         grad = grad.contiguous()
         with _unfilled():
             dqkv = torch.empty_like(qkv)
@@ -282,6 +298,36 @@ class _Attention(torch.autograd.Function):
                                       torch.get_num_threads()):
             raise MemoryError("attention kernel: out of memory for its scratch buffers")
         return dqkv, None, None, None, None, None
+
+
+def _attention_backward_pytorch(qkv, cos, sin, probs, grad, heads, scale):
+    """The attention kernel's backward pass in PyTorch's operations, from the probabilities
+    the forward pass kept (rows zero or unwritten past the diagonal)."""
+    b, t, width = qkv.shape
+    head_dim = width // (3 * heads)
+    rot = cos.shape[-1]
+    half = rot // 2
+
+    def rotate(x):  # as neox.apply_rotary, on (batch, heads, seq, head_dim)
+        r = x[..., :rot]
+        turned = torch.cat((-r[..., half:], r[..., :half]), dim=-1)
+        return torch.cat((r * cos + turned * sin, x[..., rot:]), dim=-1)
+
+    def unrotate(g):  # the transpose of rotate
+        r = g[..., :rot] * sin
+        turned = torch.cat((r[..., half:], -r[..., :half]), dim=-1)
+        return torch.cat((g[..., :rot] * cos + turned, g[..., rot:]), dim=-1)
+
+    q, k, v = qkv.view(b, t, heads, 3 * head_dim).transpose(1, 2).split(head_dim, dim=-1)
+    q, k = rotate(q) * scale, rotate(k)
+    p = probs[:, :, :t, :t].tril()
+    d_out = grad.view(b, t, heads, head_dim).transpose(1, 2)
+    dv = p.transpose(-1, -2) @ d_out
+    dp = d_out @ v.transpose(-1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    dq = unrotate(ds @ k) * scale
+    dk = unrotate(ds.transpose(-1, -2) @ q)
+    return torch.cat((dq, dk, dv), dim=-1).transpose(1, 2).reshape(b, t, width)
 
 
 def fused_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -330,6 +376,8 @@ class _CrossEntropy(torch.autograd.Function):
                                "saved gradient); retain_graph is not supported")
         ctx.done = True
         (grad,) = ctx.saved_tensors  # already the gradient of the mean loss
+        if _without_storage(g):
+            return grad * g, None, None, None
         return (grad if g.item() == 1.0 else grad.mul_(g)), None, None, None
 
 
@@ -412,6 +460,9 @@ class _LayerNormPair(torch.autograd.Function):
     def backward(ctx, g1, g2):
         _first_order_only()
         x, w1, w2, mean, rstd = ctx.saved_tensors
+        if _without_storage(g1) or _without_storage(g2):
+            return (*_layer_norm_pair_backward_pytorch(x, w1, w2, mean, rstd, g1, g2), None,
+                    None)
         g1, g2 = g1.contiguous(), g2.contiguous()
         d = x.shape[-1]
         n = x.numel() // d
@@ -424,6 +475,18 @@ class _LayerNormPair(torch.autograd.Function):
                                          g2.data_ptr(), dx.data_ptr(), grads.data_ptr(),
                                          partial.data_ptr(), n, d, torch.get_num_threads())
         return dx, grads[0], grads[1], grads[2], grads[3], None, None
+
+
+def _layer_norm_pair_backward_pytorch(x, w1, w2, mean, rstd, g1, g2):
+    """The LayerNorm pair's backward pass in PyTorch's operations: dx, dw1, db1, dw2, db2."""
+    d = x.shape[-1]
+    mean, rstd = mean.view(*x.shape[:-1], 1), rstd.view(*x.shape[:-1], 1)
+    xhat = (x - mean) * rstd
+    dxhat = g1 * w1 + g2 * w2
+    dx = rstd * (dxhat - dxhat.mean(-1, keepdim=True)
+                 - xhat * (dxhat * xhat).mean(-1, keepdim=True))
+    return (dx, (g1 * xhat).reshape(-1, d).sum(0), g1.reshape(-1, d).sum(0),
+            (g2 * xhat).reshape(-1, d).sum(0), g2.reshape(-1, d).sum(0))
 
 
 def fused_layer_norm_pair(x: torch.Tensor, first: torch.nn.LayerNorm,
