@@ -245,10 +245,25 @@ def test_fused_cross_entropy_edge_cases(ce_kernel):
     with pytest.raises(IndexError, match="label 10 at row 2 is out of range for 10 classes"):
         fused_cross_entropy(logits, torch.tensor([1, 2, 10, 3]))
     assert fused_cross_entropy(logits.double(), torch.tensor([1, 2, 3, 4])) is None
+
+
+def test_fused_cross_entropy_backpropagates_again_with_retain_graph(ce_kernel):
+    # Its first backward pass hands out the gradient it kept, scaled in place; later ones
+    # (retain_graph) rescale that, and refuse if someone has changed it in place since.
+    logits, labels = torch.randn(6, 10), torch.tensor([1, 2, 3, 4, 5, -100])
     x = logits.clone().requires_grad_()
-    loss = fused_cross_entropy(x, torch.tensor([1, 2, 3, 4]))
+    loss = fused_cross_entropy(x, labels)
+    (first,) = torch.autograd.grad(3 * loss, x, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x, retain_graph=True)
+    x_ref = logits.double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.cross_entropy(x_ref, labels), x_ref)
+    torch.testing.assert_close(first.double(), 3 * expected, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(second.double(), expected, atol=1e-7, rtol=1e-5)
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="runs once"):
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(x.grad.double(), 2 * expected, atol=1e-7, rtol=1e-5)
+    first.add_(1.0)  # the handed-out gradient, changed in place
+    with pytest.raises(RuntimeError, match="changed in place"):
         loss.backward()
 
 

@@ -364,21 +364,30 @@ class _CrossEntropy(torch.autograd.Function):
         if count < 0:
             raise IndexError(f"cross_entropy: label {int(labels[bad.value])} at row {bad.value} "
                              f"is out of range for {vocab} classes")
-        ctx.save_for_backward(grad)
-        ctx.done = False
+        # Kept on ctx rather than saved: the first backward pass hands it out, scaled in place
+        # (no copy of a logits-sized tensor), and later ones (retain_graph) rescale it.
+        ctx.grad, ctx.factor, ctx.version = grad, 1.0, None
         return logits.new_tensor(total.value / count if count else float("nan"))
 
     @staticmethod
     def backward(ctx, g):
         _first_order_only()
-        if ctx.done:
-            raise RuntimeError("the fused cross-entropy's backward runs once (it hands out its "
-                               "saved gradient); retain_graph is not supported")
-        ctx.done = True
-        (grad,) = ctx.saved_tensors  # already the gradient of the mean loss
-        if _without_storage(g):
-            return grad * g, None, None, None
-        return (grad if g.item() == 1.0 else grad.mul_(g)), None, None, None
+        grad = ctx.grad  # the gradient of the mean loss, times ctx.factor
+        if ctx.version is not None and grad._version != ctx.version:
+            raise RuntimeError(
+                "the fused cross-entropy's gradient, handed out by its first backward pass, was "
+                "changed in place since; to backpropagate again, run the forward pass inside "
+                "lmsuite.model.cpu_kernels.disabled()")
+        if ctx.version is None and not _without_storage(g):
+            factor = g.item()
+            if factor == 0.0:
+                return torch.zeros_like(grad), None, None, None
+            if factor != 1.0:
+                grad.mul_(factor)
+                ctx.factor = factor
+            ctx.version = grad._version
+            return grad, None, None, None
+        return grad * (g / ctx.factor), None, None, None
 
 
 def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
