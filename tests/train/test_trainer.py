@@ -127,6 +127,37 @@ def test_existing_run_without_resume_and_held_lock_are_refused(trained):
         train(suite, "s2", "deduped", run_dir, resume=True, progress=False)
 
 
+def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path):
+    import dataclasses
+    import shutil
+
+    suite, run_dir = trained
+    state_file = run_dir / "s2-deduped" / "step40" / "trainer_state" / "state.json"
+    provenance = json.loads((state_file.parent.parent / "provenance.json").read_text())
+    assert provenance["trajectory"]["model.lr"] == suite.model("s2").lr
+    other_lr = dataclasses.replace(suite, models=[
+        dataclasses.replace(m, lr=m.lr / 2) if m.name == "s2" else m for m in suite.models])
+    with pytest.raises(LmsuiteError, match=r"step40.*state.json: step 40 was trained with "
+                                           r"model.lr = 0.002; the config now has model.lr"):
+        train(other_lr, "s2", "deduped", run_dir, resume=True, progress=False)
+    longer = dataclasses.replace(suite, train=dataclasses.replace(suite.train, steps=80))
+    with pytest.raises(LmsuiteError, match="train.steps = 40; the config now has train.steps = 80"):
+        train(longer, "s2", "deduped", run_dir, resume=True, progress=False)
+    # What does not change the run is allowed: a finished run resumes as a no-op.
+    other_micro = dataclasses.replace(suite, train=dataclasses.replace(
+        suite.train, micro_batch_size=4, checkpoint_every=20))
+    train(other_micro, "s2", "deduped", run_dir, resume=True, progress=False)
+    # Other data under the same settings.
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    state_file = copy / "s2-deduped" / "step40" / "trainer_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["train_bin_sha256"] = "0" * 64
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(LmsuiteError, match="trained on a train.bin with sha256 0000"):
+        train(suite, "s2", "deduped", copy, resume=True, progress=False)
+
+
 def test_data_that_does_not_fit_the_model_is_a_clear_error(built_data):
     import dataclasses
 

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,45 @@ def model_folder_name(model: str, dataset: str) -> str:
 def is_finished(run_dir: Path, suite: SuiteConfig, model: str, dataset: str) -> bool:
     folder = Path(run_dir) / model_folder_name(model, dataset)
     return suite.train.steps in list_checkpoints(folder)
+
+
+# Settings that change what the next steps do to a model: a run resumed under other values
+# would not continue the run its checkpoints began. (The micro-batch size changes results only
+# by float rounding; the checkpoint settings only what is kept.)
+NOT_TRAJECTORY = ("micro_batch_size", "checkpoint_every", "log_checkpoints", "keep_trainer_state")
+
+
+def trajectory(suite: SuiteConfig, size: ModelConfig) -> dict:
+    """The settings a checkpoint was trained under, as `section.field` -> value (JSON types)."""
+    settings = {"seed": suite.seed, "data.seq_len": suite.data.seq_len}
+    settings.update({f"model.{k}": v for k, v in asdict(size).items()})
+    settings.update({f"train.{k}": v for k, v in asdict(suite.train).items()
+                     if k not in NOT_TRAJECTORY})
+    return json.loads(json.dumps(settings))
+
+
+def check_resumable(state_file: Path, state: dict, suite: SuiteConfig, size: ModelConfig,
+                    manifest: dict) -> None:
+    """Refuse to resume a checkpoint under other settings or on other data than it was
+    trained with."""
+    step = state.get("step")
+    saved = state.get("trajectory")
+    if saved is not None:
+        now = trajectory(suite, size)
+        changed = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+        if changed:
+            was = ", ".join(f"{k} = {saved.get(k)!r}" for k in changed)
+            is_ = ", ".join(f"{k} = {now.get(k)!r}" for k in changed)
+            raise LmsuiteError(
+                f"{state_file}: step {step} was trained with {was}; the config now has {is_}. "
+                "Resuming would not continue that run: restore those settings, or train into "
+                "another folder (--out)")
+    sha = state.get("train_bin_sha256")
+    if sha is not None and sha != manifest["sha256"]["train.bin"]:
+        raise LmsuiteError(
+            f"{state_file}: step {step} was trained on a train.bin with sha256 {sha}; the "
+            f"dataset's is now {manifest['sha256']['train.bin']}. Resuming would not continue "
+            "that run: train into another folder (--out)")
 
 
 def ensure_data(suite: SuiteConfig, run_dir: Path, dataset: str, world: dist.World) -> Path:
@@ -139,7 +179,8 @@ class Trainer:
             state = {"step": step, "tokens": step * self.tokens_per_step, "elapsed_s": elapsed,
                      "suite": self.suite.name, "model": self.size.name, "dataset": self.dataset,
                      "world_size": self.world.size, "lmsuite_version": __version__,
-                     "train_bin_sha256": self.manifest["sha256"]["train.bin"]}
+                     "train_bin_sha256": self.manifest["sha256"]["train.bin"],
+                     "trajectory": trajectory(self.suite, self.size)}
             save_checkpoint(self.model_dir, step, model_state, self.cfg, self.tokenizer,
                             optimizer_state, state)
             if not self.suite.train.keep_trainer_state:
@@ -167,8 +208,10 @@ class Trainer:
                                f"{saved[-1]}); pass --resume to continue it")
         if not saved:
             return 0
-        model_state, optimizer_state, state = load_checkpoint(
-            checkpoint_dir(self.model_dir, saved[-1]))
+        newest = checkpoint_dir(self.model_dir, saved[-1])
+        model_state, optimizer_state, state = load_checkpoint(newest)
+        check_resumable(newest / "trainer_state" / "state.json", state, self.suite, self.size,
+                        self.manifest)
         dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
         self.elapsed_before = state["elapsed_s"]
         return saved[-1]
