@@ -17,7 +17,7 @@ from lmsuite.errors import LmsuiteError
 from lmsuite.model import read_model_config
 from lmsuite.model.neox import config_for_size
 from lmsuite.train.checkpoint import ModelLock, list_checkpoints
-from lmsuite.train.trainer import check_data, train
+from lmsuite.train.trainer import check_batch_split, check_data, train
 from tests.conftest import (
     assert_weights_close,
     recording_batches,
@@ -156,6 +156,18 @@ def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path):
     state_file.write_text(json.dumps(state))
     with pytest.raises(LmsuiteError, match="trained on a train.bin with sha256 0000"):
         train(suite, "s2", "deduped", copy, resume=True, progress=False)
+
+
+def test_a_batch_that_does_not_split_evenly_over_processes_is_a_clear_error():
+    # Uneven shares would drop rows of batch_at(s); uneven micro-batches would weight rows
+    # unequally in the mean.
+    check_batch_split(16, 16, 2)  # one micro-batch of 8 rows per process
+    check_batch_split(16, 4, 2)  # two of 4
+    with pytest.raises(LmsuiteError, match="batch_size 16 does not split evenly over 3"):
+        check_batch_split(16, 16, 3)
+    with pytest.raises(LmsuiteError, match=r"micro_batch_size 3 does not divide each process's "
+                                           r"8 rows of a batch \(16 over 2 processes\)"):
+        check_batch_split(16, 3, 2)
 
 
 def test_data_that_does_not_fit_the_model_is_a_clear_error(built_data):

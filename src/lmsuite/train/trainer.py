@@ -86,6 +86,20 @@ def check_resumable(state_file: Path, state: dict, suite: SuiteConfig, size: Mod
             "that run: train into another folder (--out)")
 
 
+def check_batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> None:
+    """Each of `world_size` processes takes an equal share of every batch, and cuts it into
+    equal micro-batches (one, when the share is no larger than micro_batch_size): the mean
+    over them is then the mean over the batch."""
+    if batch_size % world_size:
+        raise LmsuiteError(f"train.batch_size {batch_size} does not split evenly over "
+                           f"{world_size} processes; choose a batch size divisible by it")
+    share = batch_size // world_size
+    if share > micro_batch_size and share % micro_batch_size:
+        raise LmsuiteError(f"train.micro_batch_size {micro_batch_size} does not divide each "
+                           f"process's {share} rows of a batch ({batch_size} over {world_size} "
+                           "processes); choose one that does")
+
+
 def ensure_data(suite: SuiteConfig, run_dir: Path, dataset: str, world: dist.World) -> Path:
     """RUN_DIR/data/<dataset>, built first (by rank 0) when it is missing."""
     if dataset not in DATASETS:
@@ -139,6 +153,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.model_dir = self.run_dir / model_folder_name(model, dataset)
         self.world = dist.init_world()
+        check_batch_split(suite.train.batch_size, suite.train.micro_batch_size, self.world.size)
         keep_freed_memory()
         self.cfg = config_for_size(self.size, suite.data.vocab_size, suite.data.seq_len)
 
