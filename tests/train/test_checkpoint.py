@@ -41,20 +41,31 @@ def test_checkpoint_round_trips_weights_optimizer_and_rng(tmp_path, parts):
     assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [3]
 
 
-def test_a_crash_while_writing_leaves_no_checkpoint(tmp_path, parts, monkeypatch):
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt(), SystemExit(143)])
+def test_a_failure_while_writing_leaves_no_checkpoint(tmp_path, parts, monkeypatch, error):
     save(tmp_path, parts, 1)
+    real_save = ckpt.torch.save
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+    def fail(*args, **kwargs):
+        real_save(*args, **kwargs)  # part of the checkpoint is written
+        raise error
 
-    monkeypatch.setattr(ckpt.torch, "save", crash)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(ckpt.torch, "save", fail)
+    with pytest.raises(type(error)):
         save(tmp_path, parts, 2)
     assert ckpt.list_checkpoints(tmp_path) == [1]
-    assert not (tmp_path / "step2").exists()
-    assert list(tmp_path.glob(".step2.tmp-*"))  # the half-written one, under another name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step1"]
+
+
+def test_a_process_killed_while_writing_leaves_a_temporary_the_next_run_removes(tmp_path,
+                                                                               parts):
+    save(tmp_path, parts, 1)
+    half = tmp_path / ".step2.tmp-999999"  # what SIGKILL leaves: nothing runs to remove it
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half")
+    assert ckpt.list_checkpoints(tmp_path) == [1]
     ckpt.remove_stale_temporaries(tmp_path)
-    assert not list(tmp_path.glob(".step*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step1"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

@@ -95,13 +95,20 @@ def test_resume_after_kill_is_bitwise_identical(built_data, tmp_path):
     straight = run_dir_with_data(built_data, tmp_path / "straight")
     subprocess.run(cli(config, straight), check=True)
     killed = run_dir_with_data(built_data, tmp_path / "killed")
-    for kill_after in (37, 90):  # between checkpoints (32 and 50; 75 and 100)
-        proc = subprocess.Popen(cli(config, killed, "--resume"))
+    # Killed between checkpoints (32 and 50; 75 and 100), and terminated as a scheduler does,
+    # which releases the lock and leaves no temporary folder.
+    for kill_after, sig in ((37, signal.SIGKILL), (90, signal.SIGTERM)):
+        proc = subprocess.Popen(cli(config, killed, "--resume"), stderr=subprocess.PIPE,
+                                text=True)
         while metric_rows(killed) < kill_after and proc.poll() is None:
             time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(sig)
+        _, err = proc.communicate()
         assert suite.train.steps not in list_checkpoints(killed / "s2")
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 128 + signal.SIGTERM and "--resume continues" in err
+            assert sorted(p.name for p in (killed / "s2").iterdir()
+                          if not p.name.startswith("step")) == ["metrics.jsonl"]
     subprocess.run(cli(config, killed, "--resume"), check=True)
     steps = list_checkpoints(straight / "s2")
     assert list_checkpoints(killed / "s2") == steps

@@ -47,20 +47,24 @@ def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConf
     final = checkpoint_dir(model_dir, step)
     tmp = model_dir / f".step{step}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(model_state, cfg, tmp, tokenizer)
-    provenance = {k: state[k] for k in PROVENANCE if k in state}
-    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    trainer = tmp / "trainer_state"
-    trainer.mkdir()
-    torch.save(optimizer_state, trainer / "optimizer.pt")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    torch.save(rng, trainer / "rng.pt")
-    (trainer / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    if final.exists():  # a re-run of a step that was saved before: replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        save_weights(model_state, cfg, tmp, tokenizer)
+        provenance = {k: state[k] for k in PROVENANCE if k in state}
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        trainer = tmp / "trainer_state"
+        trainer.mkdir()
+        torch.save(optimizer_state, trainer / "optimizer.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        torch.save(rng, trainer / "rng.pt")
+        (trainer / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        if final.exists():  # a re-run of a step that was saved before: replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: leave nothing half-written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -127,7 +131,9 @@ class ModelLock:
                 alive, holder = self._holder_alive()
                 if alive:
                     raise LmsuiteError(f"{self.path.parent}: another trainer ({holder}) is "
-                                       f"training this model; lock file {self.path}") from None
+                                       "training this model; if it no longer runs (a job "
+                                       f"killed on another machine), delete {self.path}"
+                                       ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:

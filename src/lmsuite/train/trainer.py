@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -84,6 +87,27 @@ def check_resumable(state_file: Path, state: dict, suite: SuiteConfig, size: Mod
             f"{state_file}: step {step} was trained on a train.bin with sha256 {sha}; the "
             f"dataset's is now {manifest['sha256']['train.bin']}. Resuming would not continue "
             "that run: train into another folder (--out)")
+
+
+@contextmanager
+def sigterm_exits():
+    """Within (in the main thread): SIGTERM, which schedulers send before they kill a job,
+    exits through the usual clean-up, so that the lock is released and a checkpoint being
+    written is removed instead of left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum, frame):
+        print("lmsuite: terminated (SIGTERM); --resume continues from the newest checkpoint",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> None:
@@ -236,7 +260,7 @@ class Trainer:
         try:
             if self.world.main:
                 self.model_dir.mkdir(parents=True, exist_ok=True)
-            with ModelLock(self.model_dir) if self.world.main else nullcontext():
+            with sigterm_exits(), ModelLock(self.model_dir) if self.world.main else nullcontext():
                 if self.world.main:
                     remove_stale_temporaries(self.model_dir)
                 self.elapsed_before = 0.0
