@@ -196,6 +196,12 @@ def test_non_gpt_neox_folder_and_bad_arguments_are_clear_errors(small_run, tmp_p
         evaluate(run_dir, tasks=["lambda"], progress=False)
     with pytest.raises(LmsuiteError, match="--steps must be"):
         evaluate(run_dir, tasks=["lambada"], steps="last", progress=False)
+    # s1 checkpoints at 0, 1, 2, 4, 8, 10, 16, 20: a step off that schedule is not skipped.
+    with pytest.raises(LmsuiteError, match=r"no checkpoint at step 7; checkpoints are at steps "
+                                           r"0, 1, 2, 4, 8, 10, 16, 20$"):
+        evaluate(run_dir, tasks=["lambada"], steps="0,7", progress=False)
+    with pytest.raises(LmsuiteError, match="no checkpoint at steps 7, 30;"):
+        evaluate(run_dir / "s1", tasks=["lambada"], steps="7,30", progress=False)
 
 
 def test_harness_lambada_equals_lmsuite_lambada(small_run, tmp_path):

@@ -91,6 +91,20 @@ def resolve_target(target: str | os.PathLike, spec) -> tuple[list[Checkpoint], P
     return [checkpoint], None, target.parent / "results" / "eval.jsonl"
 
 
+def _check_steps_held(target, spec: set[int], checkpoints: list[Checkpoint]) -> None:
+    """A step asked for that no model holds (a typo, or a step off the checkpoint schedule) is
+    an error rather than skipped; one that only some models hold yet (a run still training)
+    is not."""
+    held = {c.source.step for c in checkpoints}
+    missing = sorted(spec - held)
+    if missing and None not in held:
+        every = sorted({c.source.step for c in resolve_target(target, "all")[0]})
+        which = (f"step {missing[0]}" if len(missing) == 1 else
+                 f"steps {', '.join(map(str, missing))}")
+        raise LmsuiteError(f"{target}: no checkpoint at {which}; checkpoints are at steps "
+                           f"{', '.join(map(str, every))}")
+
+
 def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: str = "all",
              results: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
              lambada_file: str | os.PathLike | None = None, harness: list[str] | None = None,
@@ -101,7 +115,10 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise LmsuiteError(f"unknown task {unknown[0]!r}; tasks are {sorted(TASKS)}")
-    checkpoints, data_dir, default_results = resolve_target(target, parse_steps(steps))
+    spec = parse_steps(steps)
+    checkpoints, data_dir, default_results = resolve_target(target, spec)
+    if isinstance(spec, set):
+        _check_steps_held(target, spec, checkpoints)
     if data is not None:
         data_dir = Path(data)
         if not (data_dir / "manifest.json").is_file():
