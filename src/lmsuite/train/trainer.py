@@ -82,7 +82,10 @@ def check_resumable(state_file: Path, state: dict, suite: SuiteConfig, size: Mod
                 "Resuming would not continue that run: restore those settings, or train into "
                 "another folder (--out)")
     sha = state.get("train_bin_sha256")
-    if sha is not None and sha != manifest["sha256"]["train.bin"]:
+    # A build with the same settings but more samples begins with the same samples (see
+    # data.build.build_params), so only a train.bin of the same length must hash the same.
+    same_length = state.get("train_samples") in (None, manifest["counts"]["train_samples"])
+    if sha is not None and sha != manifest["sha256"]["train.bin"] and same_length:
         raise LmsuiteError(
             f"{state_file}: step {step} was trained on a train.bin with sha256 {sha}; the "
             f"dataset's is now {manifest['sha256']['train.bin']}. Resuming would not continue "
@@ -219,6 +222,7 @@ class Trainer:
                      "suite": self.suite.name, "model": self.size.name, "dataset": self.dataset,
                      "world_size": self.world.size, "lmsuite_version": __version__,
                      "train_bin_sha256": self.manifest["sha256"]["train.bin"],
+                     "train_samples": self.manifest["counts"]["train_samples"],
                      "trajectory": trajectory(self.suite, self.size)}
             save_checkpoint(self.model_dir, step, model_state, self.cfg, self.tokenizer,
                             optimizer_state, state)
