@@ -17,6 +17,7 @@ from lmsuite.errors import LmsuiteError
 from lmsuite.model import read_model_config
 from lmsuite.model.neox import config_for_size
 from lmsuite.train.checkpoint import ModelLock, list_checkpoints
+from lmsuite.train.suite import train_suite
 from lmsuite.train.trainer import check_batch_split, check_data, train
 from tests.conftest import (
     assert_weights_close,
@@ -167,6 +168,34 @@ def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path):
     state["train_samples"] += 8
     state_file.write_text(json.dumps(state))
     train(suite, "s2", "deduped", copy, resume=True, progress=False)
+
+
+def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built_data,
+                                                                          tmp_path):
+    import dataclasses
+    import shutil
+
+    suite = training_suite(built_data, steps=6, checkpoint_every=3)
+    run_dir = run_dir_with_data(built_data, tmp_path)
+    folders = train_suite(suite, run_dir, progress=False)
+    names = ["s1", "s1-deduped", "s2", "s2-deduped"]
+    assert [f.name for f in folders] == names
+    for name in names:
+        assert list_checkpoints(run_dir / name) == [0, 1, 2, 3, 4, 6]
+    weights = (run_dir / "s2" / "step6" / "model.safetensors").read_bytes()
+    shutil.rmtree(run_dir / "s2" / "step6")  # s2 unfinished: resumes from step 4
+    assert [f.name for f in train_suite(suite, run_dir, progress=False)] == ["s2"]
+    assert (run_dir / "s2" / "step6" / "model.safetensors").read_bytes() == weights
+    assert train_suite(suite, run_dir, progress=False) == []  # all finished: nothing to do
+    # A finished model trained under other settings stops the suite before any training.
+    shutil.rmtree(run_dir / "s2-deduped" / "step6")
+    other_lr = dataclasses.replace(suite, models=[
+        dataclasses.replace(m, lr=m.lr * 2) if m.name == "s1" else m for m in suite.models])
+    with pytest.raises(LmsuiteError, match=r"s1/step6/provenance.json: step 6 was trained with "
+                                           r"model.lr = 0.003; the config now has model.lr = "
+                                           r"0.006. The run folder's models"):
+        train_suite(other_lr, run_dir, progress=False)
+    assert 6 not in list_checkpoints(run_dir / "s2-deduped")
 
 
 def test_a_batch_that_does_not_split_evenly_over_processes_is_a_clear_error():

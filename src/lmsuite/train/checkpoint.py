@@ -21,7 +21,7 @@ from lmsuite.model.neox import NeoXConfig
 STEP = re.compile(r"^step(\d+)$")
 # What stays beside the weights even when the trainer state is dropped: where they come from.
 PROVENANCE = ("suite", "model", "dataset", "step", "tokens", "train_bin_sha256",
-              "lmsuite_version", "trajectory")
+              "train_samples", "lmsuite_version", "trajectory")
 
 
 def checkpoint_dir(model_dir: Path, step: int) -> Path:

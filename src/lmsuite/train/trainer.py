@@ -65,31 +65,48 @@ def trajectory(suite: SuiteConfig, size: ModelConfig) -> dict:
     return json.loads(json.dumps(settings))
 
 
-def check_resumable(state_file: Path, state: dict, suite: SuiteConfig, size: ModelConfig,
-                    manifest: dict) -> None:
-    """Refuse to resume a checkpoint under other settings or on other data than it was
-    trained with."""
-    step = state.get("step")
-    saved = state.get("trajectory")
+def check_same_training(where: Path, record: dict, suite: SuiteConfig, size: ModelConfig,
+                        manifest: dict | None, consequence: str) -> None:
+    """Refuse when a checkpoint's record (its state.json or provenance.json) says it was
+    trained under other settings or on other data than the config and dataset give now;
+    `consequence` says what that would break and what to do."""
+    step = record.get("step")
+    saved = record.get("trajectory")
     if saved is not None:
         now = trajectory(suite, size)
         changed = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
         if changed:
             was = ", ".join(f"{k} = {saved.get(k)!r}" for k in changed)
             is_ = ", ".join(f"{k} = {now.get(k)!r}" for k in changed)
-            raise LmsuiteError(
-                f"{state_file}: step {step} was trained with {was}; the config now has {is_}. "
-                "Resuming would not continue that run: restore those settings, or train into "
-                "another folder (--out)")
-    sha = state.get("train_bin_sha256")
+            raise LmsuiteError(f"{where}: step {step} was trained with {was}; the config now has "
+                               f"{is_}. {consequence}")
+    sha = record.get("train_bin_sha256")
+    if manifest is None or sha is None:
+        return
     # A build with the same settings but more samples begins with the same samples (see
     # data.build.build_params), so only a train.bin of the same length must hash the same.
-    same_length = state.get("train_samples") in (None, manifest["counts"]["train_samples"])
-    if sha is not None and sha != manifest["sha256"]["train.bin"] and same_length:
-        raise LmsuiteError(
-            f"{state_file}: step {step} was trained on a train.bin with sha256 {sha}; the "
-            f"dataset's is now {manifest['sha256']['train.bin']}. Resuming would not continue "
-            "that run: train into another folder (--out)")
+    same_length = record.get("train_samples") in (None, manifest["counts"]["train_samples"])
+    if sha != manifest["sha256"]["train.bin"] and same_length:
+        raise LmsuiteError(f"{where}: step {step} was trained on a train.bin with sha256 {sha}; "
+                           f"the dataset's is now {manifest['sha256']['train.bin']}. "
+                           f"{consequence}")
+
+
+RESUME_CONSEQUENCE = ("Resuming would not continue that run: restore those settings, or train "
+                      "into another folder (--out)")
+
+
+def check_finished(run_dir: Path, suite: SuiteConfig, size: ModelConfig, dataset: str) -> None:
+    """A finished model of a run folder was trained as the config says (its last checkpoint's
+    provenance.json tells)."""
+    last = Path(run_dir) / model_folder_name(size.name, dataset) / f"step{suite.train.steps}"
+    provenance = last / "provenance.json"
+    if provenance.is_file():
+        check_same_training(provenance, json.loads(provenance.read_text()), suite, size,
+                            read_manifest(Path(run_dir) / "data" / dataset),
+                            "The run folder's models would not all be trained as the config "
+                            "says: restore those settings, or train the suite into another "
+                            "folder (--out)")
 
 
 @contextmanager
@@ -253,8 +270,8 @@ class Trainer:
             return 0
         newest = checkpoint_dir(self.model_dir, saved[-1])
         model_state, optimizer_state, state = load_checkpoint(newest)
-        check_resumable(newest / "trainer_state" / "state.json", state, self.suite, self.size,
-                        self.manifest)
+        check_same_training(newest / "trainer_state" / "state.json", state, self.suite,
+                            self.size, self.manifest, RESUME_CONSEQUENCE)
         dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
         self.elapsed_before = state["elapsed_s"]
         return saved[-1]
