@@ -263,8 +263,27 @@ def test_fused_cross_entropy_backpropagates_again_with_retain_graph(ce_kernel):
     loss.backward(retain_graph=True)
     torch.testing.assert_close(x.grad.double(), 2 * expected, atol=1e-7, rtol=1e-5)
     first.add_(1.0)  # the handed-out gradient, changed in place
-    with pytest.raises(RuntimeError, match="changed in place"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_fused_cross_entropy_frees_its_saved_gradient_after_the_backward_pass(ce_kernel):
+    # Training keeps `loss` for logging after backward(); the logits-sized gradient the kernel
+    # kept must not stay alive with it.
+    import weakref
+
+    kept = []
+
+    def pack(t):
+        kept.append(weakref.ref(t))
+        return t
+
+    x = torch.randn(6, 10, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fused_cross_entropy(x * 2, torch.tensor([1, 2, 3, 4, 5, 6]))
+    assert kept and all(ref() is not None for ref in kept)
+    loss.backward()
+    assert loss.grad_fn is not None and all(ref() is None for ref in kept)
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 11), (2048, 64), (5,)])

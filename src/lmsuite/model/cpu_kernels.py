@@ -364,30 +364,28 @@ class _CrossEntropy(torch.autograd.Function):
         if count < 0:
             raise IndexError(f"cross_entropy: label {int(labels[bad.value])} at row {bad.value} "
                              f"is out of range for {vocab} classes")
-        # Kept on ctx rather than saved: the first backward pass hands it out, scaled in place
-        # (no copy of a logits-sized tensor), and later ones (retain_graph) rescale it.
-        ctx.grad, ctx.factor, ctx.version = grad, 1.0, None
+        ctx.save_for_backward(grad)  # freed by PyTorch after the backward pass, as usual
+        ctx.factor, ctx.handed_out = 1.0, False
         return logits.new_tensor(total.value / count if count else float("nan"))
 
     @staticmethod
     def backward(ctx, g):
         _first_order_only()
-        grad = ctx.grad  # the gradient of the mean loss, times ctx.factor
-        if ctx.version is not None and grad._version != ctx.version:
-            raise RuntimeError(
-                "the fused cross-entropy's gradient, handed out by its first backward pass, was "
-                "changed in place since; to backpropagate again, run the forward pass inside "
-                "lmsuite.model.cpu_kernels.disabled()")
-        if ctx.version is None and not _without_storage(g):
-            factor = g.item()
-            if factor == 0.0:
-                return torch.zeros_like(grad), None, None, None
-            if factor != 1.0:
-                grad.mul_(factor)
-                ctx.factor = factor
-            ctx.version = grad._version
-            return grad, None, None, None
-        return grad * (g / ctx.factor), None, None, None
+        # PyTorch refuses here if the gradient handed out before was changed in place since.
+        (grad,) = ctx.saved_tensors  # the gradient of the mean loss, times ctx.factor
+        if ctx.handed_out or _without_storage(g):  # again (retain_graph), or a batch of them
+            return grad * (g / ctx.factor), None, None, None
+        # The first time, the saved gradient itself is handed out, scaled in place: no copy of
+        # a logits-sized tensor. Scaled through .data, so that PyTorch's version check still
+        # lets a later backward pass (retain_graph) read it, and rescale it by ctx.factor.
+        factor = g.item()
+        if factor == 0.0:
+            return torch.zeros_like(grad), None, None, None
+        if factor != 1.0:
+            grad.data.mul_(factor)
+            ctx.factor = factor
+        ctx.handed_out = True
+        return grad, None, None, None
 
 
 def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
