@@ -183,6 +183,23 @@ def test_build_killed_half_way_leaves_no_folder_that_looks_complete(tmp_path):
     assert (out / "deduped" / "manifest.json").is_file()
 
 
+def test_builds_started_at_once_build_once(tmp_path):
+    # The trainers of a suite started at once all find the data missing: one builds it, the
+    # others wait for it instead of building it again and replacing it under the first.
+    suite = small_suite(documents=1500)
+    config = tmp_path / "suite.toml"
+    save_suite(suite, config)
+    out = tmp_path / "data"
+    procs = [subprocess.Popen([sys.executable, "-m", "lmsuite", "data", "build", str(config),
+                               "--out", str(out)], stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True) for _ in range(3)]
+    errs = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert sum("tokenize + dedup" in e for e in errs) == 1  # one build's progress bar
+    assert any("waiting for another process" in e for e in errs)
+    assert (out / "deduped" / "manifest.json").is_file() and not list(out.glob(".build-*"))
+
+
 def test_batch_cli_saves_the_exact_batch_and_names_its_documents(built_data, tmp_path, capsys):
     from lmsuite.cli import main
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -92,19 +95,42 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """Within: no other process builds into `out` (the trainers of a suite started at once
+    all find the data missing). Released when the process ends, however it ends."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{out}: waiting for another process that is building this data",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
                progress: bool = True) -> tuple[Path, Path]:
     """Build `out/standard` and `out/deduped` (skipped when already built with these settings).
 
     Everything is written under a temporary folder and renamed into place at the end, so a
-    build killed half-way leaves no folder that looks complete.
+    build killed half-way leaves no folder that looks complete. One process builds at a time;
+    others wait, then find the data built.
     """
     out = Path(out)
     params = build_params(suite)
     total_samples = suite.train.steps * suite.train.batch_size
     if not force and _complete(out, params, total_samples):
         return out / "standard", out / "deduped"
-    out.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out):
+        if not force and _complete(out, params, total_samples):  # built while this waited
+            return out / "standard", out / "deduped"
+        return _build(suite, out, params, total_samples, progress)
+
+
+def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
+           progress: bool) -> tuple[Path, Path]:
     _remove_stale_builds(out)
     tmp = out / f".build-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
