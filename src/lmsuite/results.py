@@ -6,6 +6,7 @@ Per-item rows (for studies that join on items) live in a second file with an `it
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -53,6 +54,32 @@ def read_rows(path: str | os.PathLike) -> Iterator[dict]:
         yield row
 
 
+def _append(path: Path, lines: list[str]) -> None:
+    """Append whole lines, durably, under an exclusive lock: evaluations of several models may
+    share a results file. A torn last line (a writer killed mid-row) is cut off first, so that
+    it does not fuse with the next row."""
+    with open(path, "ab+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        end = f.seek(0, os.SEEK_END)
+        keep = end
+        while keep > 0:
+            start = max(0, keep - 65536)
+            f.seek(start)
+            block = f.read(keep - start)
+            if end == keep and block.endswith(b"\n"):
+                break  # the last line is whole
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        if keep != end:
+            f.truncate(keep)
+        f.write("".join(lines).encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class ResultStore:
     """Rows in `path` (and per-item rows in `<stem>_items.jsonl` beside it), appended once.
 
@@ -73,14 +100,10 @@ class ResultStore:
             items: Iterable[dict] = ()) -> None:
         """Append a finished task's rows (items first, so the summary row marks completion)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        items = list(items)
+        items = [json.dumps(r) + "\n" for r in items]
         if items:
-            with self.items_path.open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in items)
-        with self.path.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-            f.flush()
-            os.fsync(f.fileno())
+            _append(self.items_path, items)
+        _append(self.path, [json.dumps(r) + "\n" for r in rows])
         self._done.add(source.key(task))
 
     def rows(self) -> list[dict]:
