@@ -127,6 +127,14 @@ def test_resume_after_kill_is_bitwise_identical(built_data, tmp_path):
     assert done.returncode == 0 and "finished already" in done.stdout
 
 
+def test_training_leaves_pytorchs_deterministic_setting_as_it_found_it(trained):
+    # The module fixture trained in this process; a finished run given --resume returns early.
+    suite, run_dir = trained
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(suite, "s2", "deduped", run_dir, resume=True, progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_existing_run_without_resume_and_held_lock_are_refused(trained):
     suite, run_dir = trained
     with pytest.raises(LmsuiteError, match="pass --resume"):

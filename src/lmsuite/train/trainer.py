@@ -277,7 +277,11 @@ class Trainer:
         return saved[-1]
 
     def run(self, resume: bool = False) -> Path:
-        """Train to the last step (or resume from the newest checkpoint); returns the folder."""
+        """Train to the last step (or resume from the newest checkpoint); returns the folder.
+        PyTorch's deterministic-algorithms setting, which training on CPU turns on, is restored
+        afterwards for the caller's own code."""
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
         try:
             if self.world.main:
                 self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +293,7 @@ class Trainer:
                 self._loop(start)
         finally:
             dist.close_world(self.world)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         return self.model_dir
 
     def _loop(self, start: int) -> None:
