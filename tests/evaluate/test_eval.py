@@ -204,6 +204,26 @@ def test_non_gpt_neox_folder_and_bad_arguments_are_clear_errors(small_run, tmp_p
         evaluate(run_dir / "s1", tasks=["lambada"], steps="7,30", progress=False)
 
 
+def test_data_not_from_the_built_in_corpus_runs_the_tasks_that_apply(small_run, tmp_path,
+                                                                    capsys):
+    import shutil
+
+    _, run_dir = small_run
+    plain = tmp_path / "plain"  # a dataset folder without the built-in corpus's items
+    shutil.copytree(run_dir / "data" / "standard", plain,
+                    ignore=shutil.ignore_patterns("corpus.meta"))
+    results = tmp_path / "eval.jsonl"
+    evaluate(run_dir / "s1", steps="20", data=plain, results=results, progress=False)
+    assert {r["task"] for r in read_rows(results)} == {"perplexity"}
+    err = capsys.readouterr().err
+    assert "leaving out lambada, arithmetic, facts, pronouns, stereotypes" in err
+    with pytest.raises(LmsuiteError, match=r"^facts: cannot run, .*plain was not built from the "
+                                           r"built-in corpus"):
+        evaluate(run_dir / "s1", tasks=["perplexity", "facts"], steps="20", data=plain,
+                 results=tmp_path / "other.jsonl", progress=False)
+    assert not (tmp_path / "other.jsonl").exists()  # refused before anything ran
+
+
 def test_harness_lambada_equals_lmsuite_lambada(small_run, tmp_path):
     pytest.importorskip("lm_eval")
     _, run_dir = small_run

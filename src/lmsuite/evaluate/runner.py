@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +106,41 @@ def _check_steps_held(target, spec: set[int], checkpoints: list[Checkpoint]) -> 
                            f"{', '.join(map(str, every))}")
 
 
+# Tasks that read the built-in corpus's held-out items (corpus.meta/eval/ of a dataset folder);
+# lambada does only without --lambada.
+NEEDS_ITEMS = ("lambada", "arithmetic", "facts", "pronouns", "stereotypes")
+
+
+def _tasks_that_apply(tasks: list[str], chosen: bool, data_dir: Path | None,
+                      lambada_file) -> list[str]:
+    """The tasks that can run with this data. Tasks chosen by name that cannot are an error;
+    of the default tasks they are left out, with a line that says so."""
+    items = data_dir is not None and (data_dir / "corpus.meta" / "eval").is_dir()
+
+    def applies(task: str) -> bool:
+        if task == "lambada" and lambada_file is not None:
+            return True
+        return items if task in NEEDS_ITEMS else data_dir is not None
+
+    left_out = [t for t in tasks if not applies(t)]
+    if not left_out:
+        return tasks
+    why = ("no dataset folder (pass --data)" if data_dir is None else
+           f"{data_dir} was not built from the built-in corpus, whose items they read")
+    if chosen:
+        raise LmsuiteError(f"{', '.join(left_out)}: cannot run, {why}; perplexity runs on any "
+                           "dataset folder, lambada on --lambada FILE")
+    print(f"lmsuite eval: leaving out {', '.join(left_out)}: {why}", file=sys.stderr)
+    return [t for t in tasks if applies(t)]
+
+
 def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: str = "all",
              results: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
              lambada_file: str | os.PathLike | None = None, harness: list[str] | None = None,
              progress: bool = True) -> Path:
     """Evaluate each chosen checkpoint on each task, appending rows to the results file and
     skipping (checkpoint, task) pairs already there. Returns the results file."""
+    chosen = tasks is not None
     tasks = list(DEFAULT_TASKS if tasks is None else tasks)
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -125,6 +155,7 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
             raise LmsuiteError(f"{data_dir}: not a dataset folder (no manifest.json)")
     if not checkpoints:
         raise LmsuiteError(f"{target}: no checkpoints match --steps {steps}")
+    tasks = _tasks_that_apply(tasks, chosen, data_dir, lambada_file)
     store = ResultStore(results or default_results)
     # Rows on another LAMBADA file must not pass for rows on the built-in items.
     label = {t: t for t in tasks}
