@@ -41,6 +41,32 @@ def test_checkpoint_round_trips_weights_optimizer_and_rng(tmp_path, parts):
     assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [3]
 
 
+def test_a_checkpoint_is_on_disk_before_its_rename_makes_it_visible(tmp_path, parts,
+                                                                    monkeypatch):
+    # A machine that goes down right after the rename must not leave a complete-looking
+    # checkpoint with empty files: every file and folder is flushed first, the rename after.
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    final = save(tmp_path, parts, 5)
+    rename = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(final))
+    tmp = events[rename][1]
+    synced = {e[1] for e in events[:rename] if e[0] == "fsync"}
+    for path in [final, *final.rglob("*")]:
+        assert tmp + str(path)[len(str(final)):] in synced, path
+    assert ("fsync", str(tmp_path)) in events[rename:]  # and the rename itself
+
+
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt(), SystemExit(143)])
 def test_a_failure_while_writing_leaves_no_checkpoint(tmp_path, parts, monkeypatch, error):
     save(tmp_path, parts, 1)
