@@ -183,6 +183,36 @@ def test_build_killed_half_way_leaves_no_folder_that_looks_complete(tmp_path):
     assert (out / "deduped" / "manifest.json").is_file()
 
 
+def test_a_dataset_is_on_disk_before_its_rename_makes_it_visible(tmp_path, monkeypatch):
+    import os
+
+    import lmsuite.data.build as build
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(build.os, "fsync", fsync)
+    monkeypatch.setattr(build.os, "replace", replace)
+    out = tmp_path / "data"
+    build_data(small_suite(documents=300), out, progress=False)
+    for name in ("standard", "deduped"):
+        final = out / name
+        rename = next(i for i, e in enumerate(events)
+                      if e[0] == "rename" and e[2] == str(final))
+        synced = {e[1] for e in events[:rename] if e[0] == "fsync"}
+        for path in [final, *final.rglob("*")]:
+            assert events[rename][1] + str(path)[len(str(final)):] in synced, path
+        assert ("fsync", str(out)) in events[rename:]
+
+
 def test_builds_started_at_once_build_once(tmp_path):
     # The trainers of a suite started at once all find the data missing: one builds it, the
     # others wait for it instead of building it again and replacing it under the first.

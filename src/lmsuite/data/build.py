@@ -95,6 +95,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _sync_tree(folder: Path, files: bool = True) -> None:
+    """fsync the folder and everything under it (its direct entries only, without `files`)."""
+    paths = sorted(folder.rglob("*"), reverse=True) if files else []
+    for path in [*paths, folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextmanager
 def _build_lock(out: Path) -> Iterator[None]:
     """Within: no other process builds into `out` (the trainers of a suite started at once
@@ -233,7 +244,9 @@ def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
         }
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
-    # 5. Into place: the manifest-bearing folders appear only now, each in one rename.
+    # 5. Into place: the manifest-bearing folders appear only now, each in one rename, once
+    # their files are on disk (a machine that goes down leaves no complete-looking dataset).
+    _sync_tree(tmp)
     if synthetic_meta is not None:
         target = out / "synthetic"
         shutil.rmtree(target, ignore_errors=True)
@@ -241,6 +254,7 @@ def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
     for name in DATASETS:
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(folders[name], out / name)
+    _sync_tree(out, files=False)
     shutil.rmtree(tmp, ignore_errors=True)
     return out / "standard", out / "deduped"
 
