@@ -208,6 +208,21 @@ def test_without_a_compiler_the_model_falls_back_with_a_warning(tmp_path, monkey
         clear_kernel_caches()
 
 
+def test_a_damaged_cached_kernel_is_built_again(kernels, tmp_path, monkeypatch):
+    # A file cut short (a machine that went down) must not break every later run.
+    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path))
+    path = build("gelu", {})
+    path.write_bytes(path.read_bytes()[:100])
+    clear_kernel_caches()
+    try:
+        lib = cpu_kernels.gelu_library()
+        assert lib is not None and path.stat().st_size > 100
+        x = torch.randn(50)
+        torch.testing.assert_close(fused_gelu(x), F.gelu(x), atol=1e-6, rtol=1e-6)
+    finally:
+        clear_kernel_caches()
+
+
 def test_a_failed_build_leaves_nothing_and_warns(tmp_path, monkeypatch):
     script = tmp_path / "broken-cc"
     script.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"

@@ -184,6 +184,8 @@ def build(name: str, defines: dict[str, int]) -> Path | None:
             warnings.warn(f"lmsuite: building {source.name} with {cc} failed ({detail}); "
                           "using PyTorch's operations, which are slower on CPU", stacklevel=3)
             return None
+        with open(tmp, "rb") as f:  # on disk before it is renamed into place
+            os.fsync(f.fileno())
         os.replace(tmp, out)  # another process building the same file at once is harmless
     finally:
         if os.path.exists(tmp):
@@ -205,7 +207,19 @@ def _load(name: str, defines: dict[str, int],
     if path is None:
         return None
     before = _openmp_runtimes()
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:  # a damaged cache file: build it again, once
+        path.unlink(missing_ok=True)
+        path = build(name, defines)
+        try:
+            lib = ctypes.CDLL(str(path)) if path is not None else None
+        except OSError:
+            lib = None
+        if lib is None:
+            warnings.warn(f"lmsuite: cannot load the {name} kernel ({err}); using PyTorch's "
+                          "operations, which are slower on CPU", stacklevel=3)
+            return None
     if len(_openmp_runtimes()) > max(1, len(before)):
         # A second OpenMP runtime would compete with PyTorch's threads for the cores.
         warnings.warn(f"lmsuite: the {name} kernel loaded an OpenMP runtime other than "
