@@ -74,10 +74,12 @@ def check_same_training(where: Path, record: dict, suite: SuiteConfig, size: Mod
     saved = record.get("trajectory")
     if saved is not None:
         now = trajectory(suite, size)
-        changed = [k for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+        # Settings on one side only (a field added or removed by another lmsuite version) are
+        # not compared: a checkpoint from before a new field was added still resumes.
+        changed = [k for k in sorted(saved.keys() & now.keys()) if saved[k] != now[k]]
         if changed:
-            was = ", ".join(f"{k} = {saved.get(k)!r}" for k in changed)
-            is_ = ", ".join(f"{k} = {now.get(k)!r}" for k in changed)
+            was = ", ".join(f"{k} = {saved[k]!r}" for k in changed)
+            is_ = ", ".join(f"{k} = {now[k]!r}" for k in changed)
             raise LmsuiteError(f"{where}: step {step} was trained with {was}; the config now has "
                                f"{is_}. {consequence}")
     sha = record.get("train_bin_sha256")
