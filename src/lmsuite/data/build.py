@@ -102,6 +102,9 @@ def _sync_tree(folder: Path, files: bool = True) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
+        except OSError:
+            if not path.is_dir():  # some network filesystems cannot fsync a folder
+                raise
         finally:
             os.close(fd)
 

@@ -45,6 +45,9 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError:
+        if not path.is_dir():  # some network filesystems cannot fsync a folder; files they can
+            raise
     finally:
         os.close(fd)
 
