@@ -127,3 +127,34 @@ def recording_batches():
         yield seen
     finally:
         Trainer.micro_batches = original
+
+
+def record_fsyncs_and_renames(monkeypatch) -> list[tuple]:
+    """Within the test: ("fsync", path) and ("rename", src, dst) in the order they happen."""
+    import os
+
+    events: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def assert_on_disk_before_renamed(events: list[tuple], final) -> None:
+    """Every file and folder of `final` was flushed under its temporary name before the rename
+    that made it `final`, and the parent folder after it."""
+    rename = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(final))
+    tmp = events[rename][1]
+    synced = {e[1] for e in events[:rename] if e[0] == "fsync"}
+    for path in [final, *final.rglob("*")]:
+        assert tmp + str(path)[len(str(final)):] in synced, path
+    assert ("fsync", str(final.parent)) in events[rename:]

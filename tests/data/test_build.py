@@ -15,7 +15,7 @@ from lmsuite.data.indexed import IndexedDataset
 from lmsuite.data.order import batch_at, batch_documents
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
-from tests.conftest import small_suite
+from tests.conftest import assert_on_disk_before_renamed, record_fsyncs_and_renames, small_suite
 
 PYTHIA_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "pythia" / "20B_tokenizer.json"
 FILES = {"tokenizer.json", "manifest.json", "documents.bin", "documents.idx", "train.bin",
@@ -184,33 +184,11 @@ def test_build_killed_half_way_leaves_no_folder_that_looks_complete(tmp_path):
 
 
 def test_a_dataset_is_on_disk_before_its_rename_makes_it_visible(tmp_path, monkeypatch):
-    import os
-
-    import lmsuite.data.build as build
-
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("rename", str(src), str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(build.os, "fsync", fsync)
-    monkeypatch.setattr(build.os, "replace", replace)
+    events = record_fsyncs_and_renames(monkeypatch)
     out = tmp_path / "data"
     build_data(small_suite(documents=300), out, progress=False)
     for name in ("standard", "deduped"):
-        final = out / name
-        rename = next(i for i, e in enumerate(events)
-                      if e[0] == "rename" and e[2] == str(final))
-        synced = {e[1] for e in events[:rename] if e[0] == "fsync"}
-        for path in [final, *final.rglob("*")]:
-            assert events[rename][1] + str(path)[len(str(final)):] in synced, path
-        assert ("fsync", str(out)) in events[rename:]
+        assert_on_disk_before_renamed(events, out / name)
 
 
 def test_builds_started_at_once_build_once(tmp_path):

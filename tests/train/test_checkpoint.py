@@ -10,6 +10,7 @@ from lmsuite.data.tokenizer import train_tokenizer
 from lmsuite.errors import DataFormatError, LmsuiteError
 from lmsuite.model.neox import GPTNeoX, NeoXConfig
 from lmsuite.train import checkpoint as ckpt
+from tests.conftest import assert_on_disk_before_renamed, record_fsyncs_and_renames
 
 
 @pytest.fixture
@@ -45,26 +46,8 @@ def test_a_checkpoint_is_on_disk_before_its_rename_makes_it_visible(tmp_path, pa
                                                                     monkeypatch):
     # A machine that goes down right after the rename must not leave a complete-looking
     # checkpoint with empty files: every file and folder is flushed first, the rename after.
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("rename", str(src), str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(ckpt.os, "fsync", fsync)
-    monkeypatch.setattr(ckpt.os, "replace", replace)
-    final = save(tmp_path, parts, 5)
-    rename = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(final))
-    tmp = events[rename][1]
-    synced = {e[1] for e in events[:rename] if e[0] == "fsync"}
-    for path in [final, *final.rglob("*")]:
-        assert tmp + str(path)[len(str(final)):] in synced, path
-    assert ("fsync", str(tmp_path)) in events[rename:]  # and the rename itself
+    events = record_fsyncs_and_renames(monkeypatch)
+    assert_on_disk_before_renamed(events, save(tmp_path, parts, 5))
 
 
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt(), SystemExit(143)])
