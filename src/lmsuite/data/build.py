@@ -96,7 +96,8 @@ def _alive(pid: int) -> bool:
 
 
 def _sync_tree(folder: Path, files: bool = True) -> None:
-    """fsync the folder and everything under it (its direct entries only, without `files`)."""
+    """fsync everything under the folder, then the folder; without `files`, the folder alone
+    (to make renames in it durable)."""
     paths = sorted(folder.rglob("*"), reverse=True) if files else []
     for path in [*paths, folder]:
         fd = os.open(path, os.O_RDONLY)
