@@ -29,6 +29,7 @@ from lmsuite.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from lmsuite.durable import fsync, fsync_tree
 from lmsuite.errors import LmsuiteError
 
 DATASETS = ("standard", "deduped")
@@ -93,21 +94,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _sync_tree(folder: Path, files: bool = True) -> None:
-    """fsync everything under the folder, then the folder; without `files`, the folder alone
-    (to make renames in it durable)."""
-    paths = sorted(folder.rglob("*"), reverse=True) if files else []
-    for path in [*paths, folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:
-            if not path.is_dir():  # some network filesystems cannot fsync a folder
-                raise
-        finally:
-            os.close(fd)
 
 
 @contextmanager
@@ -250,7 +236,7 @@ def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
 
     # 5. Into place: the manifest-bearing folders appear only now, each in one rename, once
     # their files are on disk (a machine that goes down leaves no complete-looking dataset).
-    _sync_tree(tmp)
+    fsync_tree(tmp)
     if synthetic_meta is not None:
         target = out / "synthetic"
         shutil.rmtree(target, ignore_errors=True)
@@ -258,7 +244,7 @@ def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
     for name in DATASETS:
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(folders[name], out / name)
-    _sync_tree(out, files=False)
+    fsync(out)
     shutil.rmtree(tmp, ignore_errors=True)
     return out / "standard", out / "deduped"
 

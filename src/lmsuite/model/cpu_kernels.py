@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from lmsuite.durable import fsync
+
 SOURCES = Path(__file__).parent / "csrc"
 MAX_SEQ = 512
 """Longest sequence the attention kernel takes: it keeps batch * heads * seq^2 probabilities."""
@@ -184,8 +186,7 @@ def build(name: str, defines: dict[str, int]) -> Path | None:
             warnings.warn(f"lmsuite: building {source.name} with {cc} failed ({detail}); "
                           "using PyTorch's operations, which are slower on CPU", stacklevel=3)
             return None
-        with open(tmp, "rb") as f:  # on disk before it is renamed into place
-            os.fsync(f.fileno())
+        fsync(tmp)  # on disk before it is renamed into place
         os.replace(tmp, out)  # another process building the same file at once is harmless
     finally:
         if os.path.exists(tmp):

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from lmsuite.durable import fsync, fsync_tree
 from lmsuite.errors import DataFormatError, LmsuiteError
 from lmsuite.model.hf import save_weights
 from lmsuite.model.neox import NeoXConfig
@@ -41,24 +42,6 @@ def list_checkpoints(model_dir: Path, with_trainer_state: bool = False) -> list[
     return sorted(steps)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not path.is_dir():  # some network filesystems cannot fsync a folder; files they can
-            raise
-    finally:
-        os.close(fd)
-
-
-def _sync_tree(folder: Path) -> None:
-    """Flush every file under `folder`, and the folders themselves, to disk: the checkpoint is
-    then whole on disk before its rename makes it visible, even if the machine goes down."""
-    for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
-        _fsync(path)
-
-
 def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConfig,
                     tokenizer: Tokenizer, optimizer_state: dict, state: dict) -> Path:
     """Write step<step>/ (HF folder + trainer_state/) under a temporary name, then rename it."""
@@ -77,11 +60,11 @@ def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConf
             rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
         torch.save(rng, trainer / "rng.pt")
         (trainer / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        _sync_tree(tmp)
+        fsync_tree(tmp)  # whole on disk before the rename makes it visible
         if final.exists():  # a re-run of a step that was saved before: replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(model_dir)  # the rename itself
+        fsync(model_dir)  # the rename itself
     except BaseException:  # an error, Ctrl-C or SIGTERM: leave nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
         raise
