@@ -61,19 +61,17 @@ def _append(path: Path, lines: list[str]) -> None:
     with open(path, "ab+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
         end = f.seek(0, os.SEEK_END)
-        keep = end
-        while keep > 0:
-            start = max(0, keep - 65536)
-            f.seek(start)
-            block = f.read(keep - start)
-            if end == keep and block.endswith(b"\n"):
-                break  # the last line is whole
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            keep = start
-        if keep != end:
+        f.seek(max(0, end - 1))
+        if end and f.read(1) != b"\n":  # a torn last row: cut back to the end of the one before
+            keep = end
+            while keep > 0:
+                start = max(0, keep - 65536)
+                f.seek(start)
+                newline = f.read(keep - start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                keep = start
             f.truncate(keep)
         f.write("".join(lines).encode())
         f.flush()
