@@ -81,10 +81,18 @@ def test_round_trip_keeps_every_non_default_field(tmp_path):
     assert load_suite(tmp_path / "s.toml") == suite
 
 
+def test_micro_batch_defaults_to_the_whole_batch(tmp_path):
+    # A suite that sets only its batch size (here smaller than any fixed default) loads.
+    suite = load_suite(write(tmp_path, TINY.replace("batch_size = 32\nmicro_batch_size = 32\n",
+                                                    "batch_size = 8\n")))
+    assert suite.train.batch_size == 8 and suite.train.micro_batch_size == 8
+
+
 @pytest.mark.parametrize("edit, message", [
     (("models", "heads", 3), r"models\[0\]: heads must be a divisor of d_model=64, got 3"),
     (("models", "layers", 0), r"models\[0\]: layers must be positive, got 0"),
     (("train", "micro_batch_size", 5), r"\[train\]: micro_batch_size must be a divisor"),
+    (("train", "micro_batch_size", -4), r"\[train\]: micro_batch_size must be positive \(or 0"),
     (("train", "warmup_fraction", 1.5), r"\[train\]: warmup_fraction must be in \[0, 1\]"),
     (("data", "dedup_threshold", -0.1), r"\[data\]: dedup_threshold must be in \[0, 1\]"),
     (("data", "seq_len", "128"), r"\[data\]: seq_len must be of type int, got '128'"),

@@ -156,8 +156,9 @@ class TrainConfig:
 
     batch_size: int = 32
     """Global batch, in sequences: step s trains on items [s*B, (s+1)*B) of train.bin."""
-    micro_batch_size: int = 32
-    """Sequences per process and forward pass; gradients accumulate over the rest."""
+    micro_batch_size: int = 0
+    """Sequences per process and forward pass; gradients accumulate over the rest. 0 (the
+    default) means the whole batch: one forward pass per process and step."""
     steps: int = 1000
     """Number of optimizer steps."""
     warmup_fraction: float = 0.01
@@ -185,7 +186,11 @@ class TrainConfig:
     (the intervention study does); false keeps it only in the newest (saves disk at scale)."""
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "micro_batch_size", "steps", "checkpoint_every", "adam_eps")
+        _positive(self, "batch_size", "steps", "checkpoint_every", "adam_eps")
+        _require(self.micro_batch_size >= 0, "micro_batch_size",
+                 f"positive (or 0 for the whole batch), got {self.micro_batch_size!r}")
+        if self.micro_batch_size == 0:
+            self.micro_batch_size = self.batch_size
         _require(self.batch_size % self.micro_batch_size == 0, "micro_batch_size",
                  f"a divisor of batch_size={self.batch_size}, got {self.micro_batch_size}")
         _fraction(self, "warmup_fraction", "min_lr_fraction")
