@@ -78,18 +78,22 @@ def cmd_batch(args: argparse.Namespace) -> None:
     if args.out:
         np.save(args.out, batch)
         print(f"saved {args.out}")
+    held = None
+    if args.docs:
+        held = [", ".join(f"doc {d['doc']} from token {d['offset']} ({d['tokens']} tokens)"
+                          for d in docs)
+                for docs in batch_documents(args.data_dir, args.step, size)]
     if args.text:
         from lmsuite.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer or args.data_dir)
         for i, row in enumerate(batch):
-            print(f"--- row {i} (item {first + i})")
+            # With --docs, each row's documents head its text.
+            print(f"--- row {i} (item {first + i})" + (f": {held[i]}" if held else ""))
             print(tok.decode(row.tolist(), skip_special_tokens=False))
-    if args.docs:
-        for i, docs in enumerate(batch_documents(args.data_dir, args.step, size)):
-            held = ", ".join(f"doc {d['doc']} from token {d['offset']} ({d['tokens']} tokens)"
-                             for d in docs)
-            print(f"row {i}: {held}")
+    elif held:
+        for i, line in enumerate(held):
+            print(f"row {i}: {line}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -217,7 +217,9 @@ def test_batch_cli_saves_the_exact_batch_and_names_its_documents(built_data, tmp
     assert np.array_equal(np.load(tmp_path / "b.npy"), batch_at(out / "standard", 5))
     rows = batch_documents(out / "standard", 5, 8)
     assert all(sum(d["tokens"] for d in row) == 33 for row in rows)
-    assert f"doc {rows[0][0]['doc']} from token {rows[0][0]['offset']}" in printed
+    # Each row's documents head its text.
+    assert f"--- row 0 (item 40): doc {rows[0][0]['doc']} from token {rows[0][0]['offset']}" \
+        in printed
     assert "<|endoftext|>" in printed
 
 

@@ -167,8 +167,9 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
     bar = tqdm(total=len(work), unit="task", desc="eval", disable=not progress)
     loaded: tuple[Path, Context] | None = None
     for checkpoint, task in work:
-        bar.set_postfix_str(f"{checkpoint.source.model} step {checkpoint.source.step} {task}",
-                            refresh=False)
+        step = checkpoint.source.step
+        where = checkpoint.source.model + ("" if step is None else f" step {step}")
+        bar.set_postfix_str(f"{where} {task}", refresh=False)
         if task.startswith("harness:"):
             from lmsuite.evaluate.harness import run_harness
 
