@@ -249,6 +249,18 @@ def test_tokenizer_larger_than_the_configured_vocabulary_is_refused(tmp_path):
         build_data(suite, tmp_path / "d", progress=False)
 
 
+@pytest.mark.parametrize("lines, message", [
+    ("", "no documents found"),
+    ('{"text": "a document"}\n{"body": "no text field"}\n', "docs.jsonl:2: no text field"),
+])
+def test_a_failed_build_says_why_and_leaves_nothing_behind(tmp_path, lines, message):
+    (tmp_path / "docs.jsonl").write_text(lines)
+    suite = small_suite(source=[str(tmp_path / "docs.jsonl")])
+    with pytest.raises(LmsuiteError, match=message):
+        build_data(suite, tmp_path / "d", progress=False)
+    assert [p.name for p in (tmp_path / "d").iterdir()] == [".build.lock"]
+
+
 def test_a_longer_build_begins_with_the_samples_of_a_shorter_one(built_data, tmp_path):
     suite, out = built_data
     short = dataclasses.replace(suite, train=dataclasses.replace(suite.train, steps=100))

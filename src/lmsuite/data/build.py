@@ -127,15 +127,18 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
     with _build_lock(out):
         if not force and _complete(out, params, total_samples):  # built while this waited
             return out / "standard", out / "deduped"
-        return _build(suite, out, params, total_samples, progress)
+        _remove_stale_builds(out)
+        tmp = out / f".build-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            return _build(suite, out, tmp, params, total_samples, progress)
+        finally:  # a build that fails (bad input, Ctrl-C) leaves nothing of itself behind
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
+def _build(suite: SuiteConfig, out: Path, tmp: Path, params: dict, total_samples: int,
            progress: bool) -> tuple[Path, Path]:
-    _remove_stale_builds(out)
-    tmp = out / f".build-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     data = suite.data
 
     # 1. Sources: the built-in corpus is written first, then read like any other file.
@@ -152,6 +155,9 @@ def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
 
     # 2. Tokenizer: given, or trained on the training documents (never on held-out ones).
     count = sum(1 for _ in documents())
+    if count == 0:
+        named = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+        raise LmsuiteError(f"{named}: no documents found")
     if data.tokenizer:
         tok = load_tokenizer(data.tokenizer)
         if tok.get_vocab_size() > data.vocab_size:
@@ -245,6 +251,5 @@ def _build(suite: SuiteConfig, out: Path, params: dict, total_samples: int,
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(folders[name], out / name)
     fsync(out)
-    shutil.rmtree(tmp, ignore_errors=True)
     return out / "standard", out / "deduped"
 
