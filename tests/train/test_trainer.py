@@ -143,22 +143,28 @@ def test_existing_run_without_resume_and_held_lock_are_refused(trained):
         train(suite, "s2", "deduped", run_dir, resume=True, progress=False)
 
 
-def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path):
+def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path, monkeypatch):
     import dataclasses
     import shutil
 
+    from lmsuite.train import trainer
+
     suite, run_dir = trained
+    # Changed settings are refused before the data is (re)built, which at scale takes hours.
+    built = trainer.ensure_data
+    monkeypatch.setattr(trainer, "ensure_data", lambda *a: pytest.fail("data built"))
     state_file = run_dir / "s2-deduped" / "step40" / "trainer_state" / "state.json"
     provenance = json.loads((state_file.parent.parent / "provenance.json").read_text())
     assert provenance["trajectory"]["model.lr"] == suite.model("s2").lr
     other_lr = dataclasses.replace(suite, models=[
         dataclasses.replace(m, lr=m.lr / 2) if m.name == "s2" else m for m in suite.models])
-    with pytest.raises(LmsuiteError, match=r"step40.*state.json: step 40 was trained with "
+    with pytest.raises(LmsuiteError, match=r"step40.provenance.json: step 40 was trained with "
                                            r"model.lr = 0.002; the config now has model.lr"):
         train(other_lr, "s2", "deduped", run_dir, resume=True, progress=False)
-    longer = dataclasses.replace(suite, train=dataclasses.replace(suite.train, steps=80))
-    with pytest.raises(LmsuiteError, match="train.steps = 40; the config now has train.steps = 80"):
+    longer = dataclasses.replace(suite, train=dataclasses.replace(suite.train, steps=800))
+    with pytest.raises(LmsuiteError, match="train.steps = 40; the config now has train.steps = 8"):
         train(longer, "s2", "deduped", run_dir, resume=True, progress=False)
+    monkeypatch.setattr(trainer, "ensure_data", built)
     # What does not change the run is allowed: a finished run resumes as a no-op.
     other_micro = dataclasses.replace(suite, train=dataclasses.replace(
         suite.train, micro_batch_size=4, checkpoint_every=20))
@@ -197,7 +203,8 @@ def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built
     assert [f.name for f in train_suite(suite, run_dir, progress=False)] == ["s2"]
     assert (run_dir / "s2" / "step6" / "model.safetensors").read_bytes() == weights
     assert train_suite(suite, run_dir, progress=False) == []  # all finished: nothing to do
-    # A finished model trained under other settings stops the suite before any training.
+    # A model trained under other settings, finished or not, stops the suite before any
+    # training.
     shutil.rmtree(run_dir / "s2-deduped" / "step6")
     other_lr = dataclasses.replace(suite, models=[
         dataclasses.replace(m, lr=m.lr * 2) if m.name == "s1" else m for m in suite.models])
@@ -206,6 +213,14 @@ def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built
                                            r"0.006. The run folder's models"):
         train_suite(other_lr, run_dir, progress=False)
     assert 6 not in list_checkpoints(run_dir / "s2-deduped")
+    shutil.rmtree(run_dir / "s1" / "step6")  # s1 unfinished, as the config says
+    shutil.rmtree(run_dir / "s2" / "step6")  # s2 unfinished, under another lr
+    other_lr = dataclasses.replace(suite, models=[
+        dataclasses.replace(m, lr=m.lr * 2) if m.name == "s2" else m for m in suite.models])
+    with pytest.raises(LmsuiteError, match=r"s2/step4/provenance.json: step 4 was trained with "
+                                           r"model.lr = 0.002"):
+        train_suite(other_lr, run_dir, progress=False)
+    assert 6 not in list_checkpoints(run_dir / "s1")
 
 
 def test_a_batch_that_does_not_split_evenly_over_processes_is_a_clear_error():

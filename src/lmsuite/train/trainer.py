@@ -96,19 +96,21 @@ def check_same_training(where: Path, record: dict, suite: SuiteConfig, size: Mod
 
 RESUME_CONSEQUENCE = ("Resuming would not continue that run: restore those settings, or train "
                       "into another folder (--out)")
+SUITE_CONSEQUENCE = ("The run folder's models would not all be trained as the config says: "
+                     "restore those settings, or train the suite into another folder (--out)")
 
 
-def check_finished(run_dir: Path, suite: SuiteConfig, size: ModelConfig, dataset: str) -> None:
-    """A finished model of a run folder was trained as the config says (its last checkpoint's
-    provenance.json tells)."""
-    last = Path(run_dir) / model_folder_name(size.name, dataset) / f"step{suite.train.steps}"
-    provenance = last / "provenance.json"
-    if provenance.is_file():
+def check_existing(run_dir: Path, suite: SuiteConfig, size: ModelConfig, dataset: str,
+                   consequence: str) -> None:
+    """The newest checkpoint of a model in a run folder, if it has one, was trained as the
+    config says (its provenance.json tells; the data is compared when it is built). Cheap: it
+    reads JSON only, so it runs before anything is built or trained."""
+    model_dir = Path(run_dir) / model_folder_name(size.name, dataset)
+    saved = list_checkpoints(model_dir)
+    provenance = checkpoint_dir(model_dir, saved[-1]) / "provenance.json" if saved else None
+    if provenance is not None and provenance.is_file():
         check_same_training(provenance, json.loads(provenance.read_text()), suite, size,
-                            read_manifest(Path(run_dir) / "data" / dataset),
-                            "The run folder's models would not all be trained as the config "
-                            "says: restore those settings, or train the suite into another "
-                            "folder (--out)")
+                            read_manifest(Path(run_dir) / "data" / dataset), consequence)
 
 
 @contextmanager
@@ -290,6 +292,9 @@ class Trainer:
             with sigterm_exits(), ModelLock(self.model_dir) if self.world.main else nullcontext():
                 if self.world.main:
                     remove_stale_temporaries(self.model_dir)
+                if resume:  # before the data is built, which at scale takes hours
+                    check_existing(self.run_dir, self.suite, self.size, self.dataset,
+                                   RESUME_CONSEQUENCE)
                 self.elapsed_before = 0.0
                 start = self.setup(resume)
                 self._loop(start)
