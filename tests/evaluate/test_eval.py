@@ -236,3 +236,37 @@ def test_harness_lambada_equals_lmsuite_lambada(small_run, tmp_path):
     assert theirs["value"] == pytest.approx(ours["value"], abs=1e-4)
     assert rows[("harness:lmsuite_lambada", "perplexity")]["value"] == pytest.approx(
         rows[("lambada", "ppl")]["value"], rel=1e-4)
+
+
+def test_a_lambada_file_scores_as_the_built_in_items(small_run, tmp_path):
+    _, run_dir = small_run
+    items = (run_dir / "data" / "standard" / "corpus.meta" / "eval" / "lambada.jsonl")
+    lines = [json.dumps({"text": json.loads(line)["text"]})
+             for line in items.read_text().splitlines()]
+    (tmp_path / "passages.jsonl").write_text("\n".join(lines) + "\n\n")  # a blank line is skipped
+    results = tmp_path / "eval.jsonl"
+    evaluate(run_dir / "s1", tasks=["lambada"], steps="20", results=results, progress=False)
+    evaluate(run_dir / "s1", tasks=["lambada"], steps="20", results=results,
+             lambada_file=tmp_path / "passages.jsonl", progress=False)
+    rows = {(r["task"], r["metric"]): r for r in read_rows(results)}
+    for metric in ("acc", "ppl"):
+        built_in, from_file = rows[("lambada", metric)], rows[("lambada:passages", metric)]
+        assert from_file["value"] == built_in["value"] and from_file["n"] == built_in["n"]
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, r"bad.jsonl: LAMBADA file not found"),
+    ('{"text": "the cat sat"}\n{"text": "on the\n', r"bad.jsonl:2: not valid JSON"),
+    ('{"text": "the cat sat"}\n{"txt": "on the mat"}\n', r'bad.jsonl:2: expected an object with'),
+    ('{"text": "the cat sat"}\n{"text": "mat"}\n', r"bad.jsonl:2: the text needs a context and"),
+    ("\n", r"bad.jsonl: no passages"),
+])
+def test_a_bad_lambada_file_is_refused_before_anything_runs(small_run, tmp_path, text, message):
+    _, run_dir = small_run
+    if text is not None:
+        (tmp_path / "bad.jsonl").write_text(text)
+    with pytest.raises(LmsuiteError, match=message):
+        evaluate(run_dir / "s1", tasks=["lambada", "perplexity"], steps="20",
+                 results=tmp_path / "eval.jsonl", lambada_file=tmp_path / "bad.jsonl",
+                 progress=False)
+    assert not (tmp_path / "eval.jsonl").exists()

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
-from lmsuite.evaluate.tasks import TASKS, Context
+from lmsuite.evaluate.tasks import TASKS, Context, read_lambada
 from lmsuite.model.hf import load_model, resolve_model_folder
 from lmsuite.results import ResultStore, Source
 from lmsuite.train.checkpoint import STEP, list_checkpoints
@@ -156,6 +156,8 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
     if not checkpoints:
         raise LmsuiteError(f"{target}: no checkpoints match --steps {steps}")
     tasks = _tasks_that_apply(tasks, chosen, data_dir, lambada_file)
+    if lambada_file is not None and "lambada" in tasks:
+        read_lambada(lambada_file)  # a bad file is an error before any model is loaded
     store = ResultStore(results or default_results)
     # Rows on another LAMBADA file must not pass for rows on the built-in items.
     label = {t: t for t in tasks}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer
 
 from lmsuite.data.indexed import IndexedDataset
 from lmsuite.data.tokenizer import EOD, load_tokenizer
-from lmsuite.errors import LmsuiteError
+from lmsuite.errors import DataFormatError, LmsuiteError
 from lmsuite.evaluate.scoring import (
     continuation_requests,
     encode_pair,
@@ -53,13 +54,38 @@ class Context:
 TaskResult = tuple[list[tuple[str, float, int]], list[tuple[dict, str, float]]]
 
 
+def read_lambada(path: str | os.PathLike) -> list[str]:
+    """The passages of a LAMBADA file: JSON lines `{"text": ...}`, as lm-evaluation-harness's
+    lambada_openai reads them; each passage must hold a context and a last word."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmsuiteError(f"{path}: LAMBADA file not found")
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise DataFormatError(f'{path}:{number}: expected an object with a "text" string')
+        if " " not in text.strip():
+            raise DataFormatError(f"{path}:{number}: the text needs a context and a last word, "
+                                  f"separated by a space; got {text!r}")
+        texts.append(text)
+    if not texts:
+        raise DataFormatError(f"{path}: no passages")
+    return texts
+
+
 def lambada(ctx: Context) -> TaskResult:
     """Scored as lm-evaluation-harness's lambada_openai: context = text up to the last space,
     target = " " + last word; acc = greedy decoding reproduces every target token; ppl = exp of
     the mean negative log-likelihood of the target over examples."""
     if ctx.lambada_file is not None:
-        texts = [json.loads(line)["text"] for line in ctx.lambada_file.read_text().splitlines()
-                 if line.strip()]
+        texts = read_lambada(ctx.lambada_file)
     else:
         texts = [item["text"] for item in ctx.eval_items("lambada")]
     pairs = [encode_pair(ctx.tokenizer, t.rsplit(" ", 1)[0], " " + t.rsplit(" ", 1)[1])
