@@ -238,6 +238,24 @@ def test_harness_lambada_equals_lmsuite_lambada(small_run, tmp_path):
         rows[("lambada", "ppl")]["value"], rel=1e-4)
 
 
+def test_a_harness_task_that_cannot_run_is_refused_before_anything_runs(small_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    _, run_dir = small_run
+    plain = tmp_path / "plain"  # a dataset folder without the built-in corpus's items
+    shutil.copytree(run_dir / "data" / "standard", plain,
+                    ignore=shutil.ignore_patterns("corpus.meta"))
+    results = tmp_path / "eval.jsonl"
+    with pytest.raises(LmsuiteError, match="harness task lmsuite_arithmetic needs a dataset "
+                                           "folder built from the built-in corpus"):
+        evaluate(run_dir / "s1", tasks=["perplexity"], steps="20", data=plain, results=results,
+                 harness=["lmsuite_arithmetic"], progress=False)
+    with pytest.raises(LmsuiteError, match="harness task 'lambada_opnai' is not a task of "
+                                           "lm-evaluation-harness"):
+        evaluate(run_dir / "s1", tasks=["perplexity"], steps="20", results=results,
+                 harness=["lmsuite_lambada", "lambada_opnai"], progress=False)
+    assert not results.exists()
+
+
 def test_a_lambada_file_scores_as_the_built_in_items(small_run, tmp_path):
     _, run_dir = small_run
     items = (run_dir / "data" / "standard" / "corpus.meta" / "eval" / "lambada.jsonl")

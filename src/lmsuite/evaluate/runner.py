@@ -158,6 +158,10 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
     tasks = _tasks_that_apply(tasks, chosen, data_dir, lambada_file)
     if lambada_file is not None and "lambada" in tasks:
         read_lambada(lambada_file)  # a bad file is an error before any model is loaded
+    if harness:
+        from lmsuite.evaluate.harness import check_harness_tasks
+
+        check_harness_tasks(harness, data_dir)
     store = ResultStore(results or default_results)
     # Rows on another LAMBADA file must not pass for rows on the built-in items.
     label = {t: t for t in tasks}
