@@ -157,7 +157,8 @@ def test_finished_build_is_skipped_and_a_different_one_refused(built_data):
     build_data(suite, out, progress=False)
     assert (out / "standard" / "train.bin").stat().st_mtime_ns == before
     changed = dataclasses.replace(suite, data=dataclasses.replace(suite.data, seq_len=16))
-    with pytest.raises(LmsuiteError, match="built with other data settings"):
+    with pytest.raises(LmsuiteError, match="standard: built with data.seq_len = 32; the config "
+                                           "now has data.seq_len = 16"):
         build_data(changed, out, progress=False)
 
 

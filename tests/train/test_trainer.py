@@ -221,6 +221,13 @@ def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built
                                            r"model.lr = 0.002"):
         train_suite(other_lr, run_dir, progress=False)
     assert 6 not in list_checkpoints(run_dir / "s1")
+    # So does data built under other settings, even when every model is finished.
+    assert len(train_suite(suite, run_dir, progress=False)) == 3
+    other_data = dataclasses.replace(suite, data=dataclasses.replace(
+        suite.data, validation_fraction=0.1))
+    with pytest.raises(LmsuiteError, match=r"built with data.validation_fraction = 0.05; the "
+                                           r"config now has data.validation_fraction = 0.1"):
+        train_suite(other_data, run_dir, progress=False)
 
 
 def test_a_batch_that_does_not_split_evenly_over_processes_is_a_clear_error():

@@ -21,7 +21,7 @@ from lmsuite.config import SuiteConfig
 from lmsuite.data.corpus import file_sha256, iter_documents, source_files
 from lmsuite.data.dedup import NearDuplicateFilter
 from lmsuite.data.indexed import IndexedDataset, IndexedDatasetWriter, token_dtype
-from lmsuite.data.order import write_training_order
+from lmsuite.data.order import read_manifest, write_training_order
 from lmsuite.data.synthetic import write_corpus
 from lmsuite.data.tokenizer import (
     eod_id,
@@ -62,20 +62,41 @@ def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _complete(out: Path, params: dict, samples: int) -> bool:
-    """True when both datasets exist with these params and enough samples; an error when they
-    exist with other params."""
-    manifests = [out / name / "manifest.json" for name in DATASETS]
-    if not all(m.is_file() for m in manifests):
-        return False
-    enough = True
-    for m in manifests:
-        manifest = json.loads(m.read_text())
-        if manifest.get("params") != params:
-            raise LmsuiteError(f"{m.parent}: built with other data settings than the config asks "
-                               "for; choose another --out or delete it (or pass --force)")
-        enough &= manifest["counts"]["train_samples"] >= samples
-    return enough
+def _flat(params: dict, prefix: str = "") -> dict:
+    """{"data": {"seq_len": 128}} -> {"data.seq_len": 128}."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def check_settings(out: str | os.PathLike, suite: SuiteConfig) -> None:
+    """An error when datasets in `out` exist, built with other settings than the suite's; it
+    names each setting that differs."""
+    now = _flat(json.loads(json.dumps(build_params(suite))))
+    for name in DATASETS:
+        manifest = read_manifest(Path(out) / name)
+        if manifest is None:
+            continue
+        saved = _flat(manifest.get("params") or {})
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        if changed:
+            was = ", ".join(f"{k} = {saved.get(k)!r}" for k in changed)
+            is_ = ", ".join(f"{k} = {now.get(k)!r}" for k in changed)
+            raise LmsuiteError(f"{Path(out) / name}: built with {was}; the config now has {is_}. "
+                               "Restore those settings, or choose another --out (`lmsuite data "
+                               "build --force` rebuilds it in place)")
+
+
+def _complete(out: Path, suite: SuiteConfig, samples: int) -> bool:
+    """True when both datasets exist with the suite's settings and enough samples; an error
+    when they exist with other settings."""
+    check_settings(out, suite)
+    manifests = [read_manifest(out / name) for name in DATASETS]
+    return all(m is not None and m["counts"]["train_samples"] >= samples for m in manifests)
 
 
 def _remove_stale_builds(out: Path) -> None:
@@ -122,10 +143,10 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
     out = Path(out)
     params = build_params(suite)
     total_samples = suite.train.steps * suite.train.batch_size
-    if not force and _complete(out, params, total_samples):
+    if not force and _complete(out, suite, total_samples):
         return out / "standard", out / "deduped"
     with _build_lock(out):
-        if not force and _complete(out, params, total_samples):  # built while this waited
+        if not force and _complete(out, suite, total_samples):  # built while this waited
             return out / "standard", out / "deduped"
         _remove_stale_builds(out)
         tmp = out / f".build-{os.getpid()}"

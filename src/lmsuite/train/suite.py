@@ -6,14 +6,16 @@ import os
 from pathlib import Path
 
 from lmsuite.config import SuiteConfig
+from lmsuite.data.build import check_settings
 from lmsuite.train.trainer import DATASETS, SUITE_CONSEQUENCE, check_existing, is_finished, train
 
 
 def train_suite(suite: SuiteConfig, run_dir: str | os.PathLike,
                 progress: bool = True) -> list[Path]:
     """Train (or finish) all 2 x len(models) runs of the suite; returns their folders.
-    Models with checkpoints are checked first: one trained under other settings than the
-    config's stops the suite before any training."""
+    The data and models already there are checked first: data built or a model trained under
+    other settings than the config's stops the suite before anything is built or trained."""
+    check_settings(Path(run_dir) / "data", suite)
     runs = [(size, dataset) for size in suite.models for dataset in DATASETS]
     for size, dataset in runs:
         check_existing(Path(run_dir), suite, size, dataset, SUITE_CONSEQUENCE)
