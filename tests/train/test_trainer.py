@@ -242,6 +242,14 @@ def test_a_batch_that_does_not_split_evenly_over_processes_is_a_clear_error():
         check_batch_split(16, 3, 2)
 
 
+def test_fsdp_without_torchrun_is_a_clear_error_before_anything_is_written(built_data, tmp_path):
+    suite = training_suite(built_data)
+    with pytest.raises(LmsuiteError, match="--fsdp shards the model over processes: run it "
+                                           "under torchrun"):
+        train(suite, "s1", "standard", tmp_path / "run", fsdp=True, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_data_that_does_not_fit_the_model_is_a_clear_error(built_data):
     import dataclasses
 

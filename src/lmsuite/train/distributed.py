@@ -75,8 +75,6 @@ def wrap(model: nn.Module, world: World, fsdp: bool) -> nn.Module:
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        if world.size == 1 and not dist.is_initialized():
-            raise ValueError("--fsdp needs torchrun (a process group)")
         for layer in model.gpt_neox.layers:
             fully_shard(layer)
         return fully_shard(model)

@@ -201,6 +201,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.model_dir = self.run_dir / model_folder_name(model, dataset)
         self.world = dist.init_world()
+        if fsdp and self.world.size == 1:
+            raise LmsuiteError("--fsdp shards the model over processes: run it under torchrun "
+                               "with more than one (torchrun --nproc_per_node N -m lmsuite "
+                               "train ...)")
         check_batch_split(suite.train.batch_size, suite.train.micro_batch_size, self.world.size)
         keep_freed_memory()
         self.cfg = config_for_size(self.size, suite.data.vocab_size, suite.data.seq_len)
