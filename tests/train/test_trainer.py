@@ -250,6 +250,18 @@ def test_fsdp_without_torchrun_is_a_clear_error_before_anything_is_written(built
     assert not (tmp_path / "run").exists()
 
 
+def test_bf16_on_a_cpu_says_it_trains_in_fp32(built_data, tmp_path, capsys):
+    import dataclasses
+
+    suite = training_suite(built_data, steps=1)
+    bf16 = dataclasses.replace(suite, train=dataclasses.replace(suite.train, precision="bf16"))
+    folder = train(bf16, "s1", "standard", run_dir_with_data(built_data, tmp_path),
+                   progress=False)
+    assert 'precision = "bf16" is autocast on GPUs; on this CPU it trains in fp32' in \
+        capsys.readouterr().err
+    assert load_model(folder / "step1").embed_out.weight.dtype == torch.float32
+
+
 def test_data_that_does_not_fit_the_model_is_a_clear_error(built_data):
     import dataclasses
 

@@ -207,6 +207,10 @@ class Trainer:
                                "train ...)")
         check_batch_split(suite.train.batch_size, suite.train.micro_batch_size, self.world.size)
         keep_freed_memory()
+        if suite.train.precision == "bf16" and self.world.device.type != "cuda" and \
+                self.world.main:
+            print('lmsuite train: precision = "bf16" is autocast on GPUs; on this CPU it trains '
+                  "in fp32", file=sys.stderr)
         self.cfg = config_for_size(self.size, suite.data.vocab_size, suite.data.seq_len)
 
     # --- pieces of a step -------------------------------------------------------------------
