@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from lmsuite.errors import LmsuiteError
+from lmsuite.evaluate.tasks import eval_items_dir
 
 SHIPPED = ("lmsuite_lambada", "lmsuite_arithmetic")
 
@@ -40,10 +41,6 @@ def _registry():
     return TaskManager()
 
 
-def _has_items(data_dir: Path | None) -> bool:
-    return data_dir is not None and (data_dir / "corpus.meta" / "eval").is_dir()
-
-
 def check_harness_tasks(tasks: list[str], data_dir: Path | None) -> None:
     """Refuse, before anything runs, a harness task that cannot run: lm-evaluation-harness
     missing, a shipped task without the built-in corpus's items, or a name that is neither a
@@ -51,7 +48,7 @@ def check_harness_tasks(tasks: list[str], data_dir: Path | None) -> None:
     lm_eval = _lm_eval()
     for task in tasks:
         if task in SHIPPED:
-            if not _has_items(data_dir):
+            if eval_items_dir(data_dir) is None:
                 raise LmsuiteError(f"harness task {task} needs a dataset folder built from the "
                                    "built-in corpus (--data)")
         elif not (Path(task).suffix in (".yaml", ".yml") and Path(task).is_file()
@@ -78,8 +75,8 @@ def run_harness(folder: Path, task: str, data_dir: Path | None,
     tmp = Path(tempfile.mkdtemp(prefix="lmsuite-harness-"))
     try:
         if task in SHIPPED:  # self-contained: the harness's own tasks need no indexing
-            manager = TaskManager(include_path=str(_task_dir(data_dir / "corpus.meta" / "eval",
-                                                             tmp)), include_defaults=False)
+            manager = TaskManager(include_path=str(_task_dir(eval_items_dir(data_dir), tmp)),
+                                  include_defaults=False)
         else:
             manager = _registry()
         import torch

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
-from lmsuite.evaluate.tasks import TASKS, Context, read_lambada
+from lmsuite.evaluate.tasks import TASKS, Context, eval_items_dir, read_lambada
 from lmsuite.model.hf import load_model, resolve_model_folder
 from lmsuite.results import ResultStore, Source
 from lmsuite.train.checkpoint import STEP, list_checkpoints
@@ -115,7 +115,7 @@ def _tasks_that_apply(tasks: list[str], chosen: bool, data_dir: Path | None,
                       lambada_file) -> list[str]:
     """The tasks that can run with this data. Tasks chosen by name that cannot are an error;
     of the default tasks they are left out, with a line that says so."""
-    items = data_dir is not None and (data_dir / "corpus.meta" / "eval").is_dir()
+    items = eval_items_dir(data_dir) is not None
 
     def applies(task: str) -> bool:
         if task == "lambada" and lambada_file is not None:

@@ -28,6 +28,14 @@ SHOTS = (0, 2, 4, 8, 16)
 NUMBER = re.compile(r"\s*(-?\d+)")
 
 
+def eval_items_dir(data_dir: Path | None) -> Path | None:
+    """The folder of the built-in corpus's evaluation items in a dataset folder, or None when
+    there is no dataset folder or it was built from another corpus."""
+    if data_dir is None or not (Path(data_dir) / "corpus.meta" / "eval").is_dir():
+        return None
+    return Path(data_dir) / "corpus.meta" / "eval"
+
+
 @dataclass
 class Context:
     """What a task needs: the model, its tokenizer and context length, and the data folder."""
