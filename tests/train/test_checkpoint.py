@@ -2,6 +2,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +99,28 @@ def test_drop_trainer_state_keeps_weights_everywhere(tmp_path, parts):
     ckpt.drop_trainer_state(tmp_path, keep=2)
     assert ckpt.list_checkpoints(tmp_path) == [0, 1, 2]
     assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [2]
+
+
+def test_a_drop_killed_midway_leaves_no_half_of_a_trainer_state(tmp_path, parts, monkeypatch):
+    import shutil
+
+    for step in (0, 1):
+        save(tmp_path, parts, step)
+    rmtree = shutil.rmtree
+
+    def killed_midway(path, ignore_errors=False):
+        for part in sorted(Path(path).iterdir())[:1]:  # one file deleted, then the kill
+            part.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.drop_trainer_state(tmp_path, keep=1)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [1]
+    ckpt.drop_trainer_state(tmp_path, keep=1)  # the next one clears what the kill left
+    assert [p.name for p in ckpt.checkpoint_dir(tmp_path, 0).iterdir()
+            if p.name.startswith("trainer_state")] == []
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):

@@ -72,10 +72,13 @@ def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConf
 
 
 def drop_trainer_state(model_dir: Path, keep: int) -> None:
-    """Delete the optimizer state of every checkpoint but step `keep` (weights stay)."""
-    for step in list_checkpoints(model_dir, with_trainer_state=True):
-        if step != keep:
-            shutil.rmtree(checkpoint_dir(model_dir, step) / "trainer_state")
+    """Delete the optimizer state of every checkpoint but step `keep` (weights stay). Each goes
+    in one rename before it is deleted, so a kill midway leaves no half of one behind."""
+    for step in list_checkpoints(model_dir):
+        folder = checkpoint_dir(model_dir, step)
+        if step != keep and (folder / "trainer_state").is_dir():
+            os.replace(folder / "trainer_state", folder / "trainer_state.dropped")
+        shutil.rmtree(folder / "trainer_state.dropped", ignore_errors=True)
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
