@@ -250,6 +250,15 @@ def test_fsdp_without_torchrun_is_a_clear_error_before_anything_is_written(built
     assert not (tmp_path / "run").exists()
 
 
+def test_without_keep_trainer_state_only_the_newest_checkpoint_can_resume(built_data, tmp_path):
+    suite = training_suite(built_data, steps=6, checkpoint_every=3, keep_trainer_state=False)
+    run_dir = run_dir_with_data(built_data, tmp_path)
+    folder = train(suite, "s1", "standard", run_dir, progress=False)
+    assert list_checkpoints(folder) == [0, 1, 2, 3, 4, 6]
+    assert list_checkpoints(folder, with_trainer_state=True) == [6]
+    train(suite, "s1", "standard", run_dir, resume=True, progress=False)  # finished: no-op
+
+
 def test_bf16_on_a_cpu_says_it_trains_in_fp32(built_data, tmp_path, capsys):
     import dataclasses
 
