@@ -75,6 +75,8 @@ static inline void rows_dot(const float *x, const float *yT, int T8, int i0, int
         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
         for (int c = 0; c < HD; c++) {
             v8 y = ld(yT + c * T8 + j), z = ld(yT + c * T8 + j + 8);
+            in_register(&y);
+            in_register(&z);
             float x0 = xr[c], x1 = xr[HD + c], x2 = xr[2 * HD + c], x3 = xr[3 * HD + c];
             a0 += x0 * y;
             a1 += x1 * y;
@@ -98,6 +100,7 @@ static inline void rows_dot(const float *x, const float *yT, int T8, int i0, int
         v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int c = 0; c < HD; c++) {
             v8 y = ld(yT + c * T8 + j);
+            in_register(&y);
             a0 += xr[c] * y;
             a1 += xr[HD + c] * y;
             a2 += xr[2 * HD + c] * y;
@@ -118,6 +121,7 @@ static inline void rows_comb(const float *w, int T8, const float *x, int n, floa
         float p0 = w[j], p1 = w[T8 + j], p2 = w[2 * T8 + j], p3 = w[3 * T8 + j];
         for (int c = 0; c < NV; c++) {
             v8 xj = ld(x + j * HD + 8 * c);
+            in_register(&xj);
             a0[c] += p0 * xj;
             a1[c] += p1 * xj;
             a2[c] += p2 * xj;
@@ -135,9 +139,11 @@ static inline void rows_comb(const float *w, int T8, const float *x, int n, floa
 /* Causal softmax of rows i0 .. i0 + 3 of the scores, in place (rows T8 apart): row i over its
    columns j <= i. With i0 a multiple of 4, the four rows span the same vectors, of which only the
    last is cut by the diagonal, so they go through each pass together: four independent chains
-   instead of one row's chain of reductions after another. Leaves P, zero past the diagonal, in
-   the first tpad(i0 + 4) columns. */
-static inline void softmax_block(float *P, int T8, int i0) {
+   instead of one row's chain of reductions after another. Leaves each row's exponentials,
+   zero past the diagonal, in the first tpad(i0 + 4) columns, and 1 / their sum in inv: the
+   caller scales the row's output and the probabilities it keeps, instead of a third pass over
+   the row here. */
+static inline void softmax_block(float *P, int T8, int i0, float *inv) {
     const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
     int last = i0 / 8 * 8; /* the first column of the vector the diagonal cuts */
     v8 m[R], sum[R];
@@ -164,33 +170,31 @@ static inline void softmax_block(float *P, int T8, int i0) {
             sum[r] += e;
             st(p, e);
         }
-    v8 inv[R];
     for (int r = 0; r < R; r++) {
         float *p = P + (size_t)r * T8 + last;
         v8 e = (v8)((v8i)vexp(ld(p) - mx[r]) & causal[r]);
         sum[r] += e;
         st(p, e);
-        inv[r] = splat(1.0f / hsum(sum[r]));
+        inv[r] = 1.0f / hsum(sum[r]);
     }
-    for (int j = 0; j <= last; j += 8)
-        for (int r = 0; r < R; r++) {
-            float *p = P + (size_t)r * T8 + j;
-            st(p, ld(p) * inv[r]);
-        }
 }
 
-/* The 4 rows at src (T8 apart), their first `len` columns, into dst (rows T8 apart) for the
-   backward pass. It reads them only after the whole layer, so they bypass the cache
+/* The 4 rows at src (T8 apart), their first `len` columns, each scaled by its inv (making
+   exponentials probabilities), into dst (rows T8 apart) for the backward pass. It reads them only after the whole layer, so they bypass the cache
    (streaming stores, when dst is aligned for them): they are not first read from memory, and
    do not push out what this pass works on. */
-static inline void keep(const float *src, float *dst, int T8, int len, int stream_ok) {
-    for (int r = 0; r < R; r++)
+static inline void keep(const float *src, const float *inv, float *dst, int T8, int len,
+                        int stream_ok) {
+    for (int r = 0; r < R; r++) {
+        v8 scale = splat(inv[r]);
         for (int j = 0; j < len; j += 8) {
+            v8 p = ld(src + (size_t)r * T8 + j) * scale;
             if (stream_ok)
-                stream(dst + (size_t)r * T8 + j, ld(src + (size_t)r * T8 + j));
+                stream(dst + (size_t)r * T8 + j, p);
             else
-                st(dst + (size_t)r * T8 + j, ld(src + (size_t)r * T8 + j));
+                st(dst + (size_t)r * T8 + j, p);
         }
+    }
 }
 
 /* acc[j] += sum_r w[r * T8 + j] * x[r] for j < n: 4 rows of w (T8 apart) times 4 rows of x,
@@ -241,16 +245,18 @@ static void *forward_job(void *arg) {
         for (int i0 = 0; i0 < T8; i0 += R) {
             int n = i0 + R;
             float *P = rows; /* this block's rows of P */
+            float inv[R];
             rows_dot(q, kT, T8, i0, n, P);
-            softmax_block(P, T8, i0);
-            /* Rows i0 .. i0 + 3 now hold P in their first tpad(n) columns, zero past the
+            softmax_block(P, T8, i0, inv);
+            /* Rows i0 .. i0 + 3 now hold P / inv in their first tpad(n) columns, zero past the
                diagonal; nothing reads a row past them, here or in the backward pass. */
             rows_comb(P, T8, v, n, &o[0][0]);
             if (a->probs)
-                keep(P, a->probs + ((size_t)bh * T8 + i0) * T8, T8, tpad(n), stream_ok);
-            for (int r = 0; r < R && i0 + r < T; r++)
-                memcpy(a->res + ((size_t)b * T + i0 + r) * H * HD + (size_t)h * HD, o[r],
-                       HD * sizeof(float));
+                keep(P, inv, a->probs + ((size_t)bh * T8 + i0) * T8, T8, tpad(n), stream_ok);
+            for (int r = 0; r < R && i0 + r < T; r++) {
+                float *dst = a->res + ((size_t)b * T + i0 + r) * H * HD + (size_t)h * HD;
+                for (int c = 0; c < NV; c++) st(dst + 8 * c, ld(o[r] + 8 * c) * inv[r]);
+            }
         }
     }
     stream_fence();
