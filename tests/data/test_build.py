@@ -228,6 +228,20 @@ def test_step_past_the_end_is_a_clear_error(built_data):
     suite, out = built_data
     with pytest.raises(LmsuiteError, match=f"step {suite.train.steps} is past the end"):
         batch_at(out / "standard", suite.train.steps)
+    with pytest.raises(LmsuiteError, match="nowhere: no train.idx"):
+        batch_at(out / "nowhere", 0)
+
+
+def test_samples_without_a_manifest_need_a_batch_size(built_data, tmp_path):
+    import shutil
+
+    _, out = built_data
+    for suffix in (".bin", ".idx"):
+        shutil.copyfile(out / "standard" / f"train{suffix}", tmp_path / f"train{suffix}")
+    with pytest.raises(LmsuiteError, match=r"no manifest.json to take the batch size from; "
+                                           r"pass batch_size \(--batch-size\)"):
+        batch_at(tmp_path, 0)
+    assert np.array_equal(batch_at(tmp_path, 3, 8), batch_at(out / "standard", 3))
 
 
 @pytest.mark.skipif(not PYTHIA_TOKENIZER.is_file(), reason="Pythia's tokenizer is not available")

@@ -109,11 +109,12 @@ def open_train(data_dir: str | os.PathLike) -> IndexedDataset:
 def batch_at(data_dir: str | os.PathLike, step: int, batch_size: int | None = None) -> np.ndarray:
     """The exact (batch_size, seq_len + 1) tokens of training step `step`: items
     [step * B, (step + 1) * B) of train.bin, whatever trains on them."""
+    train_prefix(data_dir)  # a folder without training samples is named as such first
     if batch_size is None:
         manifest = read_manifest(data_dir)
         if manifest is None:
             raise LmsuiteError(f"{data_dir}: no manifest.json to take the batch size from; "
-                               "pass batch_size")
+                               "pass batch_size (--batch-size)")
         batch_size = int(manifest["params"]["batch_size"])
     if batch_size <= 0 or step < 0:
         raise LmsuiteError(f"step must be >= 0 and batch size > 0, got {step} and {batch_size}")
