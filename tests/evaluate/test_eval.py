@@ -185,6 +185,30 @@ def test_foreign_transformers_folder_evaluates_with_the_runs_data(small_run, tmp
     assert all(r["suite"] is None and r["step"] is None for r in rows)
 
 
+def test_a_folder_of_revisions_in_every_weight_layout_evaluates(small_run, tmp_path):
+    # As Pythia's revisions come: step<N>/ folders holding one safetensors file, safetensors
+    # shards with their index (the larger models), or pytorch_model.bin (older revisions).
+    _, run_dir = small_run
+    folder = tmp_path / "pythia-like"
+    for step, layout in ((0, "single"), (10, "shards"), (20, "bin")):
+        model = GPTNeoXForCausalLM.from_pretrained(run_dir / "s1" / f"step{step}")
+        out = folder / f"step{step}"
+        model.save_pretrained(out, max_shard_size="20KB" if layout == "shards" else "5GB")
+        if layout == "bin":
+            torch.save(model.state_dict(), out / "pytorch_model.bin")
+            (out / "model.safetensors").unlink()
+        shutil.copy(run_dir / "data" / "standard" / "tokenizer.json", out / "tokenizer.json")
+    assert (folder / "step10" / "model.safetensors.index.json").is_file()
+    path = evaluate(folder, tasks=["perplexity"], data=run_dir / "data" / "standard",
+                    progress=False)
+    ours = evaluate(run_dir / "s1", tasks=["perplexity"], steps="0,10,20",
+                    results=tmp_path / "ours.jsonl", progress=False)
+    loss = {r["step"]: r["value"] for r in read_rows(path) if r["metric"] == "loss"}
+    expected = {r["step"]: r["value"] for r in read_rows(ours) if r["metric"] == "loss"}
+    assert loss.keys() == {0, 10, 20}
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
 def test_non_gpt_neox_folder_and_bad_arguments_are_clear_errors(small_run, tmp_path):
     _, run_dir = small_run
     (tmp_path / "llama").mkdir()

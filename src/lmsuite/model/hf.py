@@ -167,6 +167,15 @@ def read_model_config(folder: str | os.PathLike) -> NeoXConfig:
         raise DataFormatError(f"{path}: unusable GPT-NeoX config ({e})") from None
 
 
+# The weight files an HF folder may hold: one safetensors file, safetensors shards with their
+# index (the larger Pythia models), or, in older Pythia revisions, a PyTorch pickle.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def has_weights(folder: str | os.PathLike) -> bool:
+    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
+
+
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     single = folder / "model.safetensors"
     if single.is_file():

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from lmsuite.durable import fsync, fsync_tree
 from lmsuite.errors import DataFormatError, LmsuiteError
-from lmsuite.model.hf import save_weights
+from lmsuite.model.hf import has_weights, save_weights
 from lmsuite.model.neox import NeoXConfig
 
 STEP = re.compile(r"^step(\d+)$")
@@ -30,13 +30,15 @@ def checkpoint_dir(model_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(model_dir: Path, with_trainer_state: bool = False) -> list[int]:
-    """Steps of the complete checkpoints in `model_dir` (renamed into place, so whole)."""
+    """Steps of the complete checkpoints in `model_dir` (renamed into place, so whole): its
+    step<N>/ folders with weights, in any of the layouts an HF folder may have (a folder of
+    Pythia's revisions too)."""
     if not model_dir.is_dir():
         return []
     steps = []
     for path in model_dir.iterdir():
         match = STEP.match(path.name)
-        if match and (path / "model.safetensors").is_file() and (
+        if match and has_weights(path) and (
                 not with_trainer_state or (path / "trainer_state" / "state.json").is_file()):
             steps.append(int(match.group(1)))
     return sorted(steps)
