@@ -299,8 +299,8 @@ def test_a_lambada_file_scores_as_the_built_in_items(small_run, tmp_path):
 @pytest.mark.parametrize("text, message", [
     (None, r"bad.jsonl: LAMBADA file not found"),
     ('{"text": "the cat sat"}\n{"text": "on the\n', r"bad.jsonl:2: not valid JSON"),
-    ('{"text": "the cat sat"}\n{"txt": "on the mat"}\n', r'bad.jsonl:2: expected an object with'),
-    ('{"text": "the cat sat"}\n{"text": "mat"}\n', r"bad.jsonl:2: the text needs a context and"),
+    ('{"text": "the cat sat"}\n{"txt": "on the mat"}\n', r"bad.jsonl:2: no text field 'text'"),
+    ('{"text": "the cat sat"}\n\n{"text": "mat"}\n', r"bad.jsonl: passage 2 needs a context and"),
     ("\n", r"bad.jsonl: no passages"),
 ])
 def test_a_bad_lambada_file_is_refused_before_anything_runs(small_run, tmp_path, text, message):

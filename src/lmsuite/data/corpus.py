@@ -62,7 +62,9 @@ def _open_text(path: Path) -> io.TextIOBase:
     return path.open("r", encoding="utf-8")
 
 
-def _jsonl(path: Path, field: str) -> Iterator[str]:
+def jsonl_texts(path: Path, field: str) -> Iterator[str]:
+    """The string `field` of each JSON line of `path` (plain, .gz or .zst); blank lines are
+    skipped, and a line that is not JSON or lacks the field is an error naming the line."""
     with _open_text(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -130,7 +132,7 @@ def iter_documents(files: list[Path], text_field: str = "text",
         elif _kind(path) == ".parquet":
             yield from _parquet(path, text_field)
         else:
-            yield from _jsonl(path, text_field)
+            yield from jsonl_texts(path, text_field)
 
 
 def file_sha256(path: Path) -> str:

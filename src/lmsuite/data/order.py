@@ -109,7 +109,7 @@ def open_train(data_dir: str | os.PathLike) -> IndexedDataset:
 def batch_at(data_dir: str | os.PathLike, step: int, batch_size: int | None = None) -> np.ndarray:
     """The exact (batch_size, seq_len + 1) tokens of training step `step`: items
     [step * B, (step + 1) * B) of train.bin, whatever trains on them."""
-    train_prefix(data_dir)  # a folder without training samples is named as such first
+    data = open_train(data_dir)  # a folder without training samples is named as such first
     if batch_size is None:
         manifest = read_manifest(data_dir)
         if manifest is None:
@@ -118,7 +118,6 @@ def batch_at(data_dir: str | os.PathLike, step: int, batch_size: int | None = No
         batch_size = int(manifest["params"]["batch_size"])
     if batch_size <= 0 or step < 0:
         raise LmsuiteError(f"step must be >= 0 and batch size > 0, got {step} and {batch_size}")
-    data = open_train(data_dir)
     steps = len(data) // batch_size
     if step >= steps:
         raise LmsuiteError(f"{data.idx_path}: step {step} is past the end; the file holds "

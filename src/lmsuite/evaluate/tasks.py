@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from lmsuite.data.corpus import jsonl_texts
 from lmsuite.data.indexed import IndexedDataset
 from lmsuite.data.tokenizer import EOD, load_tokenizer
 from lmsuite.errors import DataFormatError, LmsuiteError
@@ -68,21 +69,11 @@ def read_lambada(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise LmsuiteError(f"{path}: LAMBADA file not found")
-    texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        text = row.get("text") if isinstance(row, dict) else None
-        if not isinstance(text, str):
-            raise DataFormatError(f'{path}:{number}: expected an object with a "text" string')
+    texts = list(jsonl_texts(path, "text"))
+    for number, text in enumerate(texts, 1):
         if " " not in text.strip():
-            raise DataFormatError(f"{path}:{number}: the text needs a context and a last word, "
+            raise DataFormatError(f"{path}: passage {number} needs a context and a last word, "
                                   f"separated by a space; got {text!r}")
-        texts.append(text)
     if not texts:
         raise DataFormatError(f"{path}: no passages")
     return texts
