@@ -179,10 +179,11 @@ static inline void softmax_block(float *P, int T8, int i0, float *inv) {
     }
 }
 
-/* The 4 rows at src (T8 apart), their first `len` columns, each scaled by its inv (making
-   exponentials probabilities), into dst (rows T8 apart) for the backward pass. It reads them only after the whole layer, so they bypass the cache
-   (streaming stores, when dst is aligned for them): they are not first read from memory, and
-   do not push out what this pass works on. */
+/* The 4 rows at src (T8 apart), their first `len` columns, each scaled by its inv (which makes
+   the exponentials probabilities), into dst (rows T8 apart) for the backward pass. It reads
+   them only after the whole layer, so they bypass the cache (streaming stores, when dst is
+   aligned for them): they are not first read from memory, and do not push out what this pass
+   works on. */
 static inline void keep(const float *src, const float *inv, float *dst, int T8, int len,
                         int stream_ok) {
     for (int r = 0; r < R; r++) {
