@@ -8,9 +8,9 @@
    layer, which on a CPU weigh as much as the attention arithmetic when heads are small.
 
    The softmax probabilities are kept for the backward pass (batch * heads * seq^2 floats; none
-   when no backward pass follows), so it is meant for short sequences. Each (sequence, head) pair is computed whole by one thread,
-   so results do not depend on the number of threads. HD, the head dimension, is fixed at
-   compile time (a multiple of 8).
+   when no backward pass follows), so it is meant for short sequences. Each (sequence, head)
+   pair is computed whole by one thread, so results do not depend on the number of threads.
+   HD, the head dimension, is fixed at compile time (a multiple of 8).
 */
 #include <stdint.h>
 #include <stdlib.h>

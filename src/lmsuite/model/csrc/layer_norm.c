@@ -82,5 +82,6 @@ void layer_norm_pair_backward(const float *x, const float *w1, const float *w2,
     }
     for (int j = 0; j < 4 * D; j++) grads[j] = 0.0f;
     for (long c = 0; c < chunks; c++)
-        for (int j = 0; j < 4 * D; j += 8) st(grads + j, ld(grads + j) + ld(partial + c * 4 * D + j));
+        for (int j = 0; j < 4 * D; j += 8)
+            st(grads + j, ld(grads + j) + ld(partial + c * 4 * D + j));
 }
