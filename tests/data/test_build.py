@@ -224,6 +224,13 @@ def test_batch_cli_saves_the_exact_batch_and_names_its_documents(built_data, tmp
     assert "<|endoftext|>" in printed
 
 
+def test_batch_at_is_where_readme_says(built_data):
+    import lmsuite.data
+
+    _, out = built_data
+    assert np.array_equal(lmsuite.data.batch_at(out / "standard", 2), batch_at(out / "standard", 2))
+
+
 def test_step_past_the_end_is_a_clear_error(built_data):
     suite, out = built_data
     with pytest.raises(LmsuiteError, match=f"step {suite.train.steps} is past the end"):
