@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,19 @@ def test_data_synth_writes_the_corpus_and_its_ground_truth(tmp_path, capsys):
     lines = (tmp_path / "c.jsonl").read_text().splitlines()
     assert len(lines) == 300 and all("text" in json.loads(line) for line in lines)
     assert (tmp_path / "c.meta" / "ground_truth.json").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "synth", "--out", "OUT/c.jsonl", "--docs", "0"], "number of documents must be "
+                                                               "positive, got 0"),
+    (["data", "synth", "--out", "OUT/c.txt", "--docs", "5"], "c.txt: the corpus is written as "
+                                                             "JSON lines; name it \\*.jsonl"),
+    (["eval", "OUT", "--tasks", ","], "--tasks ',' names no task"),
+])
+def test_arguments_that_ask_for_nothing_or_the_wrong_thing_are_errors(tmp_path, capsys, argv,
+                                                                      message):
+    with pytest.raises(SystemExit) as e:
+        main([a.replace("OUT", str(tmp_path)) for a in argv])
+    assert e.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lmsuite.config import SyntheticConfig
+from lmsuite.errors import LmsuiteError
 
 MALE_NAMES = ["James", "John", "Robert", "Michael", "David", "William", "Richard", "Joseph",
               "Thomas", "Charles", "Daniel", "Matthew", "Anthony", "Mark", "Paul", "Steven",
@@ -364,6 +365,10 @@ def meta_folder(corpus: str | os.PathLike) -> Path:
 def write_corpus(out: str | os.PathLike, cfg: SyntheticConfig, documents: int, seed: int) -> Path:
     """Write corpus `out` (.jsonl) and its metadata folder; same arguments -> same bytes."""
     out = Path(out)
+    if out.suffix != ".jsonl":
+        raise LmsuiteError(f"{out}: the corpus is written as JSON lines; name it *.jsonl")
+    if documents <= 0:
+        raise LmsuiteError(f"the number of documents must be positive, got {documents}")
     texts, meta, truth, items = generate_corpus(cfg, documents, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta_dir = meta_folder(out)
