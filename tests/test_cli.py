@@ -79,6 +79,7 @@ def test_data_synth_writes_the_corpus_and_its_ground_truth(tmp_path, capsys):
     (["data", "synth", "--out", "OUT/c.txt", "--docs", "5"], "c.txt: the corpus is written as "
                                                              "JSON lines; name it \\*.jsonl"),
     (["eval", "OUT", "--tasks", ","], "--tasks ',' names no task"),
+    (["eval", "OUT", "--harness", ""], "--harness '' names no task"),
 ])
 def test_arguments_that_ask_for_nothing_or_the_wrong_thing_are_errors(tmp_path, capsys, argv,
                                                                       message):

@@ -121,7 +121,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks is not None else None
     if tasks == []:
         raise LmsuiteError(f"--tasks {args.tasks!r} names no task")
-    harness = [t for t in args.harness.split(",") if t] if args.harness else None
+    harness = [t for t in args.harness.split(",") if t] if args.harness is not None else None
+    if harness == []:
+        raise LmsuiteError(f"--harness {args.harness!r} names no task")
     path = evaluate(args.target, tasks=tasks, steps=args.steps, results=args.results,
                     data=args.data, lambada_file=args.lambada, harness=harness,
                     progress=not args.no_progress)

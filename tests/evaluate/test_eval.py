@@ -218,8 +218,9 @@ def test_non_gpt_neox_folder_and_bad_arguments_are_clear_errors(small_run, tmp_p
                  progress=False)
     with pytest.raises(LmsuiteError, match="unknown task 'lambda'"):
         evaluate(run_dir, tasks=["lambda"], progress=False)
-    with pytest.raises(LmsuiteError, match="--steps must be"):
-        evaluate(run_dir, tasks=["lambada"], steps="last", progress=False)
+    for steps in ("last", "", ","):
+        with pytest.raises(LmsuiteError, match="--steps must be"):
+            evaluate(run_dir, tasks=["lambada"], steps=steps, progress=False)
     # s1 checkpoints at 0, 1, 2, 4, 8, 10, 16, 20: a step off that schedule is not skipped.
     with pytest.raises(LmsuiteError, match=r"no checkpoint at step 7; checkpoints are at steps "
                                            r"0, 1, 2, 4, 8, 10, 16, 20$"):

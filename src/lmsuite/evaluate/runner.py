@@ -31,10 +31,12 @@ def parse_steps(spec: str) -> str | set[int]:
     if spec in ("all", "log"):
         return spec
     try:
-        return {int(s) for s in spec.split(",") if s.strip()}
+        steps = {int(s) for s in spec.split(",") if s.strip()}
     except ValueError:
-        raise LmsuiteError(f"--steps must be all, log or a list like 0,100,200; got {spec!r}") \
-            from None
+        steps = set()
+    if not steps:
+        raise LmsuiteError(f"--steps must be all, log or a list like 0,100,200; got {spec!r}")
+    return steps
 
 
 def _chosen(steps: list[int], spec: str | set[int]) -> list[int]:
