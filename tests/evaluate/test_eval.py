@@ -247,6 +247,11 @@ def test_data_not_from_the_built_in_corpus_runs_the_tasks_that_apply(small_run, 
         evaluate(run_dir / "s1", tasks=["perplexity", "facts"], steps="20", data=plain,
                  results=tmp_path / "other.jsonl", progress=False)
     assert not (tmp_path / "other.jsonl").exists()  # refused before anything ran
+    # A model folder away from its run, without --data: no default task can run.
+    shutil.copytree(run_dir / "s1" / "step20", tmp_path / "lone" / "s1" / "step20")
+    with pytest.raises(LmsuiteError, match=r"^no task can run: no dataset folder \(pass --data\)"):
+        evaluate(tmp_path / "lone" / "s1", results=tmp_path / "lone.jsonl", progress=False)
+    assert not (tmp_path / "lone.jsonl").exists()
 
 
 def test_harness_lambada_equals_lmsuite_lambada(small_run, tmp_path):

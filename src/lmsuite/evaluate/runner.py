@@ -114,9 +114,10 @@ NEEDS_ITEMS = ("lambada", "arithmetic", "facts", "pronouns", "stereotypes")
 
 
 def _tasks_that_apply(tasks: list[str], chosen: bool, data_dir: Path | None,
-                      lambada_file) -> list[str]:
+                      lambada_file, harness: bool) -> list[str]:
     """The tasks that can run with this data. Tasks chosen by name that cannot are an error;
-    of the default tasks they are left out, with a line that says so."""
+    of the default tasks they are left out, with a line that says so, unless that leaves
+    nothing to run (no harness task either): then that is the error."""
     items = eval_items_dir(data_dir) is not None
 
     def applies(task: str) -> bool:
@@ -132,6 +133,9 @@ def _tasks_that_apply(tasks: list[str], chosen: bool, data_dir: Path | None,
     if chosen:
         raise LmsuiteError(f"{', '.join(left_out)}: cannot run, {why}; perplexity runs on any "
                            "dataset folder, lambada on --lambada FILE")
+    if len(left_out) == len(tasks) and not harness:
+        raise LmsuiteError(f"no task can run: {why}; perplexity runs on any dataset folder, "
+                           "lambada on --lambada FILE")
     print(f"lmsuite eval: leaving out {', '.join(left_out)}: {why}", file=sys.stderr)
     return [t for t in tasks if applies(t)]
 
@@ -157,7 +161,7 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
             raise LmsuiteError(f"{data_dir}: not a dataset folder (no manifest.json)")
     if not checkpoints:
         raise LmsuiteError(f"{target}: no checkpoints match --steps {steps}")
-    tasks = _tasks_that_apply(tasks, chosen, data_dir, lambada_file)
+    tasks = _tasks_that_apply(tasks, chosen, data_dir, lambada_file, bool(harness))
     if lambada_file is not None and "lambada" in tasks:
         read_lambada(lambada_file)  # a bad file is an error before any model is loaded
     if harness:
