@@ -42,3 +42,24 @@ def test_a_torn_last_row_is_cut_off_before_the_next_is_appended(tmp_path):
     store.add(source, "b", [source.row("b", "acc", 0.25, 10)])
     assert [r["task"] for r in read_rows(path)] == ["a", "b"]
     assert path.read_text().endswith("\n")
+
+
+def test_a_pair_another_process_appended_meanwhile_is_not_appended_twice(tmp_path):
+    # Two evaluations of the same checkpoint running at once both see the pair missing when
+    # they start; the one that appends second finds it done, under the file's lock.
+    path = tmp_path / "eval.jsonl"
+    source = Source("s", "m", "standard", 0)
+    first, second = ResultStore(path), ResultStore(path)
+    assert not first.done(source, "t") and not second.done(source, "t")
+    assert first.add(source, "t", [source.row("t", "acc", 0.5, 10)],
+                     [source.row("t", "correct", 1.0, 1, item=0)])
+    assert not second.add(source, "t", [source.row("t", "acc", 0.5, 10)],
+                          [source.row("t", "correct", 1.0, 1, item=0)])
+    assert second.done(source, "t")
+    assert len(list(read_rows(path))) == 1
+    assert len(list(read_rows(tmp_path / "eval_items.jsonl"))) == 1
+    # Each goes on appending other pairs after the rows of the other.
+    assert second.add(source, "u", [source.row("u", "acc", 0.1, 10)])
+    assert first.add(source, "v", [source.row("v", "acc", 0.2, 10)])
+    assert not first.add(source, "u", [source.row("u", "acc", 0.1, 10)])
+    assert [r["task"] for r in read_rows(path)] == ["t", "u", "v"]
