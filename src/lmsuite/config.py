@@ -342,3 +342,16 @@ def save_suite(suite: SuiteConfig, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(tomli_w.dumps(suite_to_dict(suite)))
     os.replace(tmp, path)
+
+
+def changed_settings(saved: dict, now: dict) -> str | None:
+    """How settings recorded with a build or a checkpoint differ from the config's now, as
+    "a = 1; the config now has a = 2", or None when they agree. Both are flat
+    (`section.field` -> JSON value). A setting on one side only (a field another lmsuite
+    version added or removed) is not compared, so an upgrade alone refuses nothing."""
+    changed = [k for k in sorted(saved.keys() & now.keys()) if saved[k] != now[k]]
+    if not changed:
+        return None
+    was = ", ".join(f"{k} = {saved[k]!r}" for k in changed)
+    is_ = ", ".join(f"{k} = {now[k]!r}" for k in changed)
+    return f"{was}; the config now has {is_}"

@@ -87,7 +87,8 @@ def _write(f: BinaryIO, lines: list[str]) -> None:
 
 
 def _key(row: dict) -> tuple:
-    return tuple(row.get(field) for field in ("suite", "model", "dataset", "step", "task"))
+    """The (checkpoint, task) a row belongs to, as `Source.key` gives it."""
+    return tuple(row.get(field) for field in FIELDS[:5])
 
 
 class ResultStore:

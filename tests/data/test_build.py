@@ -162,6 +162,22 @@ def test_finished_build_is_skipped_and_a_different_one_refused(built_data):
         build_data(changed, out, progress=False)
 
 
+def test_a_setting_only_one_side_knows_does_not_refuse_a_build(built_data, tmp_path):
+    # A field that another lmsuite version added to [data] is not compared.
+    import shutil
+
+    suite, out = built_data
+    copy = tmp_path / "data"
+    shutil.copytree(out, copy)
+    for name in ("standard", "deduped"):
+        manifest = json.loads((copy / name / "manifest.json").read_text())
+        manifest["params"]["data"]["added_later"] = 1
+        (copy / name / "manifest.json").write_text(json.dumps(manifest))
+    before = (copy / "standard" / "train.bin").stat().st_mtime_ns
+    build_data(suite, copy, progress=False)
+    assert (copy / "standard" / "train.bin").stat().st_mtime_ns == before
+
+
 def test_build_killed_half_way_leaves_no_folder_that_looks_complete(tmp_path):
     suite = small_suite(documents=3000)
     config = tmp_path / "suite.toml"

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmsuite import __version__
-from lmsuite.config import SuiteConfig
+from lmsuite.config import SuiteConfig, changed_settings
 from lmsuite.data.corpus import file_sha256, iter_documents, source_files
 from lmsuite.data.dedup import NearDuplicateFilter
 from lmsuite.data.indexed import IndexedDataset, IndexedDatasetWriter, token_dtype
@@ -79,16 +79,11 @@ def check_settings(out: str | os.PathLike, suite: SuiteConfig) -> None:
     now = _flat(json.loads(json.dumps(build_params(suite))))
     for name in DATASETS:
         manifest = read_manifest(Path(out) / name)
-        if manifest is None:
-            continue
-        saved = _flat(manifest.get("params") or {})
-        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        changed = manifest and changed_settings(_flat(manifest.get("params") or {}), now)
         if changed:
-            was = ", ".join(f"{k} = {saved.get(k)!r}" for k in changed)
-            is_ = ", ".join(f"{k} = {now.get(k)!r}" for k in changed)
-            raise LmsuiteError(f"{Path(out) / name}: built with {was}; the config now has {is_}. "
-                               "Restore those settings, or choose another --out (`lmsuite data "
-                               "build --force` rebuilds it in place)")
+            raise LmsuiteError(f"{Path(out) / name}: built with {changed}. Restore those "
+                               "settings, or choose another --out (`lmsuite data build --force` "
+                               "rebuilds it in place)")
 
 
 def _complete(out: Path, suite: SuiteConfig, samples: int) -> bool:

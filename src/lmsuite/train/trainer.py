@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lmsuite import __version__
-from lmsuite.config import ModelConfig, SuiteConfig
+from lmsuite.config import ModelConfig, SuiteConfig, changed_settings
 from lmsuite.data.build import build_data
 from lmsuite.data.order import batch_at, read_manifest
 from lmsuite.data.tokenizer import load_tokenizer
@@ -73,15 +73,9 @@ def check_same_training(where: Path, record: dict, suite: SuiteConfig, size: Mod
     step = record.get("step")
     saved = record.get("trajectory")
     if saved is not None:
-        now = trajectory(suite, size)
-        # Settings on one side only (a field added or removed by another lmsuite version) are
-        # not compared: a checkpoint from before a new field was added still resumes.
-        changed = [k for k in sorted(saved.keys() & now.keys()) if saved[k] != now[k]]
+        changed = changed_settings(saved, trajectory(suite, size))
         if changed:
-            was = ", ".join(f"{k} = {saved[k]!r}" for k in changed)
-            is_ = ", ".join(f"{k} = {now[k]!r}" for k in changed)
-            raise LmsuiteError(f"{where}: step {step} was trained with {was}; the config now has "
-                               f"{is_}. {consequence}")
+            raise LmsuiteError(f"{where}: step {step} was trained with {changed}. {consequence}")
     sha = record.get("train_bin_sha256")
     if manifest is None or sha is None:
         return
