@@ -115,15 +115,20 @@ def cmd_suite(args: argparse.Namespace) -> None:
     train_suite(suite, run_dir, progress=not args.no_progress)
 
 
+def _names(flag: str, value: str | None) -> list[str] | None:
+    """The comma-separated task names given to `flag`; None when it was not given."""
+    if value is None:
+        return None
+    names = [t for t in value.split(",") if t]
+    if not names:
+        raise LmsuiteError(f"{flag} {value!r} names no task")
+    return names
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from lmsuite.evaluate.runner import evaluate
 
-    tasks = [t for t in args.tasks.split(",") if t] if args.tasks is not None else None
-    if tasks == []:
-        raise LmsuiteError(f"--tasks {args.tasks!r} names no task")
-    harness = [t for t in args.harness.split(",") if t] if args.harness is not None else None
-    if harness == []:
-        raise LmsuiteError(f"--harness {args.harness!r} names no task")
+    tasks, harness = _names("--tasks", args.tasks), _names("--harness", args.harness)
     path = evaluate(args.target, tasks=tasks, steps=args.steps, results=args.results,
                     data=args.data, lambada_file=args.lambada, harness=harness,
                     progress=not args.no_progress)
