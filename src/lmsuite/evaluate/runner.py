@@ -13,9 +13,8 @@ from tqdm import tqdm
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
 from lmsuite.evaluate.tasks import TASKS, Context, eval_items_dir, read_lambada
-from lmsuite.model.hf import load_model, resolve_model_folder
+from lmsuite.model.hf import STEP, list_steps, load_model, resolve_model_folder
 from lmsuite.results import ResultStore, Source
-from lmsuite.train.checkpoint import STEP, list_checkpoints
 
 DEFAULT_TASKS = ("lambada", "perplexity", "arithmetic", "facts", "pronouns", "stereotypes")
 
@@ -49,7 +48,7 @@ def _chosen(steps: list[int], spec: str | set[int]) -> list[int]:
 
 def _model_checkpoints(model_dir: Path, spec) -> list[Checkpoint]:
     found = []
-    for step in _chosen(list_checkpoints(model_dir), spec):
+    for step in _chosen(list_steps(model_dir), spec):
         folder = model_dir / f"step{step}"
         provenance = folder / "provenance.json"
         if provenance.is_file():
@@ -79,13 +78,13 @@ def resolve_target(target: str | os.PathLike, spec) -> tuple[list[Checkpoint], P
     target = Path(target)
     if not target.is_dir():
         raise LmsuiteError(f"{target}: not a folder")
-    if list_checkpoints(target):  # one model of a run
+    if list_steps(target):  # one model of a run
         run = target.parent
         data = run / "data" / "standard"
         results = run / "results" / "eval.jsonl" if data.is_dir() else \
             target.parent / "results" / "eval.jsonl"
         return _model_checkpoints(target, spec), (data if data.is_dir() else None), results
-    models = sorted(p for p in target.iterdir() if p.is_dir() and list_checkpoints(p))
+    models = sorted(p for p in target.iterdir() if p.is_dir() and list_steps(p))
     if models:  # a run folder
         checkpoints = [c for m in models for c in _model_checkpoints(m, spec)]
         data = target / "data" / "standard"

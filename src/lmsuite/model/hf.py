@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -174,6 +175,22 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 def has_weights(folder: str | os.PathLike) -> bool:
     return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
+
+
+# A model's checkpoints: step<N>/ folders side by side, as lmsuite writes them and as Pythia's
+# revisions are laid out.
+STEP = re.compile(r"^step(\d+)$")
+
+
+def list_steps(model_dir: str | os.PathLike) -> list[int]:
+    """Steps of the step<N>/ folders in `model_dir` that hold weights, in any of the layouts an
+    HF folder may have (lmsuite's checkpoints, renamed into place whole, and Pythia's
+    revisions)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for path in model_dir.iterdir()
+                  if (m := STEP.match(path.name)) and has_weights(path))
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

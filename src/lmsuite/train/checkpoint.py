@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import shutil
 import socket
 from pathlib import Path
@@ -16,10 +15,9 @@ from tokenizers import Tokenizer
 
 from lmsuite.durable import fsync, fsync_tree
 from lmsuite.errors import DataFormatError, LmsuiteError
-from lmsuite.model.hf import has_weights, save_weights
+from lmsuite.model.hf import list_steps, save_weights
 from lmsuite.model.neox import NeoXConfig
 
-STEP = re.compile(r"^step(\d+)$")
 # What stays beside the weights even when the trainer state is dropped: where they come from.
 PROVENANCE = ("suite", "model", "dataset", "step", "tokens", "train_bin_sha256",
               "train_samples", "lmsuite_version", "trajectory")
@@ -30,18 +28,10 @@ def checkpoint_dir(model_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(model_dir: Path, with_trainer_state: bool = False) -> list[int]:
-    """Steps of the complete checkpoints in `model_dir` (renamed into place, so whole): its
-    step<N>/ folders with weights, in any of the layouts an HF folder may have (a folder of
-    Pythia's revisions too)."""
-    if not model_dir.is_dir():
-        return []
-    steps = []
-    for path in model_dir.iterdir():
-        match = STEP.match(path.name)
-        if match and has_weights(path) and (
-                not with_trainer_state or (path / "trainer_state" / "state.json").is_file()):
-            steps.append(int(match.group(1)))
-    return sorted(steps)
+    """Steps of the complete checkpoints in `model_dir` (`model.hf.list_steps`); with
+    `with_trainer_state`, only those a run can resume from."""
+    return [step for step in list_steps(model_dir) if not with_trainer_state
+            or (checkpoint_dir(model_dir, step) / "trainer_state" / "state.json").is_file()]
 
 
 def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConfig,
