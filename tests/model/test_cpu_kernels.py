@@ -7,12 +7,16 @@ import torch.nn.functional as F
 from lmsuite.model import cpu_kernels
 from lmsuite.model.cpu_kernels import (
     MAX_SEQ,
-    attention_library,
-    build,
     fused_attention,
     fused_cross_entropy,
     fused_gelu,
     fused_layer_norm_pair,
+)
+from lmsuite.model.kernel_build import (
+    attention_library,
+    cross_entropy_library,
+    gelu_library,
+    layer_norm_library,
 )
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, apply_rotary, rotary_tables
 
@@ -25,26 +29,20 @@ def kernels():
 
 @pytest.fixture(scope="module")
 def ce_kernel():
-    if cpu_kernels.cross_entropy_library() is None:
+    if cross_entropy_library() is None:
         pytest.skip("the CPU cross-entropy kernel cannot be built here (no C compiler or OpenMP)")
 
 
 @pytest.fixture(scope="module")
 def gelu_kernel():
-    if cpu_kernels.gelu_library() is None:
+    if gelu_library() is None:
         pytest.skip("the CPU GELU kernel cannot be built here (no C compiler or OpenMP)")
 
 
 @pytest.fixture(scope="module")
 def ln_kernel():
-    if cpu_kernels.layer_norm_library() is None:
+    if layer_norm_library() is None:
         pytest.skip("the CPU LayerNorm kernel cannot be built here (no C compiler or OpenMP)")
-
-
-def clear_kernel_caches():
-    for library in (attention_library, cpu_kernels.cross_entropy_library,
-                    cpu_kernels.gelu_library, cpu_kernels.layer_norm_library):
-        library.cache_clear()
 
 
 def reference_attention(qkv, cos, sin, heads, dtype=torch.float64):
@@ -160,80 +158,6 @@ def test_model_with_and_without_the_kernels_agree(kernels, ce_kernel, gelu_kerne
     torch.testing.assert_close(fused[0], plain[0], atol=1e-5, rtol=1e-5)
     for name, g in plain[1].items():
         torch.testing.assert_close(fused[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
-
-
-def test_the_environment_can_turn_the_kernels_off(monkeypatch):
-    monkeypatch.setenv("LMSUITE_CPU_KERNELS", "0")
-    clear_kernel_caches()
-    try:
-        assert attention_library(16) is None
-        assert cpu_kernels.cross_entropy_library() is None
-        assert cpu_kernels.gelu_library() is None
-        assert cpu_kernels.layer_norm_library() is None
-        assert fused_cross_entropy(torch.randn(2, 5), torch.tensor([0, 1])) is None
-        assert fused_gelu(torch.randn(4)) is None
-    finally:
-        monkeypatch.delenv("LMSUITE_CPU_KERNELS")
-        clear_kernel_caches()
-
-
-def test_build_is_cached_and_atomic(kernels, tmp_path, monkeypatch):
-    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path))
-    first = build("attention", {"HD": 8})
-    assert first is not None and first.parent == tmp_path / "kernels"
-    stamp = first.stat().st_mtime_ns
-    assert build("attention", {"HD": 8}) == first
-    assert first.stat().st_mtime_ns == stamp  # not rebuilt
-    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [first.name]  # no temp files
-
-
-def test_without_a_compiler_the_model_falls_back_with_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    with pytest.warns(UserWarning, match="no C compiler"):
-        assert build("attention", {"HD": 16}) is None
-    clear_kernel_caches()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cfg = NeoXConfig(vocab_size=128, layers=1, d_model=32, heads=2)
-            model = GPTNeoX(cfg)
-            model.init_weights(0)
-            tokens = torch.randint(0, 128, (2, 9))
-            logits = model(tokens)
-        assert logits.shape == (2, 9, 128) and torch.isfinite(logits).all()
-        assert not any(tmp_path.joinpath("kernels").glob("*.so"))
-    finally:
-        monkeypatch.delenv("CC")
-        clear_kernel_caches()
-
-
-def test_a_damaged_cached_kernel_is_built_again(kernels, tmp_path, monkeypatch):
-    # A file cut short (a machine that went down) must not break every later run.
-    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path))
-    path = build("gelu", {})
-    path.write_bytes(path.read_bytes()[:100])
-    clear_kernel_caches()
-    try:
-        lib = cpu_kernels.gelu_library()
-        assert lib is not None and path.stat().st_size > 100
-        x = torch.randn(50)
-        torch.testing.assert_close(fused_gelu(x), F.gelu(x), atol=1e-6, rtol=1e-6)
-    finally:
-        clear_kernel_caches()
-
-
-def test_a_failed_build_leaves_nothing_and_warns(tmp_path, monkeypatch):
-    script = tmp_path / "broken-cc"
-    script.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"
-                      "echo 'error: this compiler is broken' >&2\nexit 1\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("LMSUITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CC", str(script))
-    with pytest.warns(UserWarning, match="this compiler is broken"):
-        assert build("attention", {"HD": 16}) is None
-    assert list((tmp_path / "cache" / "kernels").iterdir()) == []
-    assert cpu_kernels.enabled()
 
 
 @pytest.mark.parametrize("rows, classes", [(64, 2048), (33, 1003), (5, 7), (3, 50304)])

@@ -13,50 +13,39 @@ on the products themselves. Four kernels take the largest parts of it, forward a
 - `fused_layer_norm_pair`: the parallel block's two LayerNorms of the same rows in one pass,
   and their backward pass in one pass (`csrc/layer_norm.c`).
 
-A kernel is built once per machine, compiler and shape parameter into the cache folder
-(`$LMSUITE_CACHE`, else `$XDG_CACHE_HOME/lmsuite`, else `~/.cache/lmsuite`), written
-atomically, with `-march=native` and OpenMP; it runs on PyTorch's own OpenMP threads, and its
-results do not depend on their number. Where a kernel cannot be built or loaded (no C
-compiler, no OpenMP, PyTorch not on libgomp, not Linux) or does not apply (not fp32 on CPU; for
-attention a padding mask or a KV cache, a head size not a multiple of 8, sequences longer than
-`MAX_SEQ`), the model uses PyTorch's operations, which give the same results to float
-rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off; `disabled()` does so within a block,
-and so do torch.compile while it traces the model and torch.func's transforms. Given a batch
-of gradients (`is_grads_batched`), a kernel's backward pass runs in PyTorch's operations.
+Each kernel is built once per machine by `kernel_build`, with OpenMP; it runs on PyTorch's
+own OpenMP threads, and its results do not depend on their number. Where a kernel cannot be
+built or loaded (no C compiler, no OpenMP, PyTorch not on libgomp, not Linux) or does not apply
+(not fp32 on CPU; for attention a padding mask or a KV cache, a head size not a multiple of 8,
+sequences longer than `MAX_SEQ`), the model uses PyTorch's operations, which give the same
+results to float rounding. `LMSUITE_CPU_KERNELS=0` turns the kernels off; `disabled()` does so
+within a block, and so do torch.compile while it traces the model and torch.func's
+transforms. Given a batch of gradients (`is_grads_batched`), a kernel's backward pass runs in
+PyTorch's operations.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
-from pathlib import Path
 
 import torch
 
-from lmsuite.durable import fsync
+from lmsuite.model.kernel_build import (
+    attention_library,
+    cross_entropy_library,
+    gelu_library,
+    layer_norm_library,
+)
 
-SOURCES = Path(__file__).parent / "csrc"
 MAX_SEQ = 512
 """Longest sequence the attention kernel takes: it keeps batch * heads * seq^2 probabilities."""
 
 
 _disabled_depth = 0
-
-
-def enabled() -> bool:
-    """False when the environment turns the kernels off (LMSUITE_CPU_KERNELS=0)."""
-    return os.environ.get("LMSUITE_CPU_KERNELS", "1") != "0"
 
 
 @contextmanager
@@ -107,160 +96,6 @@ def _without_storage(t: torch.Tensor) -> bool:
     except RuntimeError:
         return True
     return False
-
-
-def cache_dir() -> Path:
-    """Where built kernels are kept."""
-    root = os.environ.get("LMSUITE_CACHE")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        root = os.path.join(base, "lmsuite")
-    return Path(root) / "kernels"
-
-
-def _cpu_identity() -> str:
-    """What -march=native depends on: the CPU model and its instruction-set flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(dict.fromkeys(lines))
-
-
-def _compiler() -> tuple[str, str] | None:
-    """(path, version text) of the C compiler ($CC, else cc), or None when there is none."""
-    path = shutil.which(os.environ.get("CC", "cc"))
-    if path is None:
-        return None
-    try:
-        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (path, proc.stdout) if proc.returncode == 0 else None
-
-
-def _openmp_runtimes() -> set[str]:
-    """Files of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return set()
-    names = ("libgomp", "libiomp", "libomp")
-    return {line.split()[-1] for line in maps.splitlines()
-            if any(n in line.rsplit("/", 1)[-1] for n in names)}
-
-
-def build(name: str, defines: dict[str, int]) -> Path | None:
-    """Compile csrc/<name>.c with `defines` into the cache (once); the library's path, or None
-    (with a warning) when it cannot be built."""
-    compiler = _compiler()
-    if compiler is None:
-        warnings.warn("lmsuite: no C compiler (cc or $CC) found; using PyTorch's operations, "
-                      "which are slower on CPU", stacklevel=3)
-        return None
-    cc, version = compiler
-    source = SOURCES / f"{name}.c"
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp",
-             *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
-    headers = [h.read_text() for h in sorted(SOURCES.glob("*.h"))]
-    key = hashlib.sha256("\0".join([source.read_text(), *headers, *flags, version,
-                                    _cpu_identity(), platform.machine()]).encode()).hexdigest()[:16]
-    tag = "".join(f"-{k.lower()}{v}" for k, v in sorted(defines.items()))
-    out = cache_dir() / f"{name}{tag}-{key}.so"
-    if out.exists():
-        return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as err:
-        warnings.warn(f"lmsuite: cannot write the kernel cache {out.parent} ({err}); using "
-                      "PyTorch's operations, which are slower on CPU", stacklevel=3)
-        return None
-    try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(source), "-lm"],
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            warnings.warn(f"lmsuite: building {source.name} with {cc} failed ({detail}); "
-                          "using PyTorch's operations, which are slower on CPU", stacklevel=3)
-            return None
-        fsync(tmp)  # on disk before it is renamed into place
-        os.replace(tmp, out)  # another process building the same file at once is harmless
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
-_PTR, _I32, _I64, _LONG, _F32 = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_long,
-                                 ctypes.c_float)
-
-
-def _load(name: str, defines: dict[str, int],
-          signatures: dict[str, tuple[list, object]]) -> ctypes.CDLL | None:
-    """csrc/<name>.c built with `defines` and loaded, its functions given their `signatures`
-    (name -> (argument types, return type)); None where that cannot be done."""
-    if not enabled() or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        return None
-    path = build(name, defines)
-    if path is None:
-        return None
-    before = _openmp_runtimes()
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as err:  # a damaged cache file: build it again, once
-        path.unlink(missing_ok=True)
-        path = build(name, defines)
-        try:
-            lib = ctypes.CDLL(str(path)) if path is not None else None
-        except OSError:
-            lib = None
-        if lib is None:
-            warnings.warn(f"lmsuite: cannot load the {name} kernel ({err}); using PyTorch's "
-                          "operations, which are slower on CPU", stacklevel=3)
-            return None
-    if len(_openmp_runtimes()) > max(1, len(before)):
-        # A second OpenMP runtime would compete with PyTorch's threads for the cores.
-        warnings.warn(f"lmsuite: the {name} kernel loaded an OpenMP runtime other than "
-                      "PyTorch's; using PyTorch's operations instead", stacklevel=3)
-        return None
-    for function, (argtypes, restype) in signatures.items():
-        getattr(lib, function).argtypes = argtypes
-        getattr(lib, function).restype = restype
-    return lib
-
-
-@cache
-def attention_library(head_dim: int) -> ctypes.CDLL | None:
-    """The attention kernel for heads of `head_dim`, built and loaded; None where it cannot be."""
-    if head_dim % 8:
-        return None
-    return _load("attention", {"HD": head_dim}, {
-        "attention_forward": ([_PTR] * 5 + [_I32] * 4 + [_F32, _I32], _I32),
-        "attention_backward": ([_PTR] * 7 + [_I32] * 4 + [_F32, _I32], _I32)})
-
-
-@cache
-def cross_entropy_library() -> ctypes.CDLL | None:
-    """The cross-entropy kernel, built and loaded; None where it cannot be."""
-    return _load("cross_entropy", {}, {
-        "cross_entropy": ([_PTR] * 4 + [_LONG, _I32, _I64, _I32, _PTR, _PTR], _LONG)})
-
-
-@cache
-def gelu_library() -> ctypes.CDLL | None:
-    """The GELU kernel, built and loaded; None where it cannot be."""
-    return _load("gelu", {}, {"gelu_forward": ([_PTR] * 3 + [_LONG, _I32], None)})
-
-
-@cache
-def layer_norm_library() -> ctypes.CDLL | None:
-    """The LayerNorm pair kernel, built and loaded; None where it cannot be."""
-    return _load("layer_norm", {}, {
-        "layer_norm_pair_forward": ([_PTR] * 9 + [_LONG, _I32, _F32, _I32], None),
-        "layer_norm_pair_backward": ([_PTR] * 10 + [_LONG, _I32, _I32], None)})
 
 
 @contextmanager
