@@ -265,10 +265,6 @@ class GPTNeoX(nn.Module):
                 else:
                     p.copy_(torch.randn(p.shape, generator=g) * std)
 
-    def num_parameters(self, embeddings: bool = True) -> int:
-        """Parameter count; without the input and output embeddings when `embeddings` is False."""
-        return count_parameters(self.config, embeddings)
-
 
 def count_parameters(cfg: NeoXConfig, embeddings: bool = True) -> int:
     """Parameters of a model of this shape, computed without building it (12B fits nowhere)."""
