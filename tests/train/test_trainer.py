@@ -187,7 +187,7 @@ def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path, monke
 
 
 def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built_data,
-                                                                          tmp_path):
+                                                                          tmp_path, capsys):
     import dataclasses
     import shutil
 
@@ -200,7 +200,10 @@ def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built
         assert list_checkpoints(run_dir / name) == [0, 1, 2, 3, 4, 6]
     weights = (run_dir / "s2" / "step6" / "model.safetensors").read_bytes()
     shutil.rmtree(run_dir / "s2" / "step6")  # s2 unfinished: resumes from step 4
-    assert [f.name for f in train_suite(suite, run_dir, progress=False)] == ["s2"]
+    capsys.readouterr()
+    assert [f.name for f in train_suite(suite, run_dir, progress=True)] == ["s2"]
+    said = [line for line in capsys.readouterr().err.splitlines() if "lmsuite suite" in line]
+    assert said == ["lmsuite suite: s2, model 3 of 4 (3 finished; 0m00s so far)"]
     assert (run_dir / "s2" / "step6" / "model.safetensors").read_bytes() == weights
     assert train_suite(suite, run_dir, progress=False) == []  # all finished: nothing to do
     # A model trained under other settings, finished or not, stops the suite before any

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 from lmsuite.config import SuiteConfig
 from lmsuite.data.build import check_settings
-from lmsuite.train.trainer import DATASETS, SUITE_CONSEQUENCE, check_existing, is_finished, train
+from lmsuite.train.trainer import (
+    DATASETS,
+    SUITE_CONSEQUENCE,
+    check_existing,
+    is_finished,
+    model_folder_name,
+    train,
+)
 
 
 def train_suite(suite: SuiteConfig, run_dir: str | os.PathLike,
@@ -19,7 +28,19 @@ def train_suite(suite: SuiteConfig, run_dir: str | os.PathLike,
     runs = [(size, dataset) for size in suite.models for dataset in DATASETS]
     for size, dataset in runs:
         check_existing(Path(run_dir), suite, size, dataset, SUITE_CONSEQUENCE)
-    todo = [(size, dataset) for size, dataset in runs
-            if not is_finished(Path(run_dir), suite, size.name, dataset)]
-    return [train(suite, size.name, dataset, run_dir, resume=True, progress=progress)
-            for size, dataset in todo]
+    finished = [is_finished(Path(run_dir), suite, size.name, dataset) for size, dataset in runs]
+    say = progress and os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    folders, began = [], time.perf_counter()
+    for number, ((size, dataset), done) in enumerate(zip(runs, finished, strict=True), 1):
+        if done:
+            continue
+        if say:  # where the suite stands, above the model's own progress bar
+            print(f"lmsuite suite: {model_folder_name(size.name, dataset)}, model {number} of "
+                  f"{len(runs)} ({sum(finished) + len(folders)} finished; "
+                  f"{_minutes(time.perf_counter() - began)} so far)", file=sys.stderr, flush=True)
+        folders.append(train(suite, size.name, dataset, run_dir, resume=True, progress=progress))
+    return folders
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
