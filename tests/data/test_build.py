@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def test_build_killed_half_way_leaves_no_folder_that_looks_complete(tmp_path):
             assert not (out / name).exists() or (manifest.is_file() and
                                                  (out / name / "train.bin").is_file())
     build_data(suite, out, progress=False)
-    assert not list(out.glob(".build-*"))
+    assert not (out / ".build").exists()
     assert (out / "deduped" / "manifest.json").is_file()
 
 
@@ -221,7 +222,7 @@ def test_builds_started_at_once_build_once(tmp_path):
     errs = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0]
     assert sum("tokenize + dedup" in e for e in errs) == 1  # one build's progress bar
-    assert (out / "deduped" / "manifest.json").is_file() and not list(out.glob(".build-*"))
+    assert (out / "deduped" / "manifest.json").is_file() and not (out / ".build").exists()
 
 
 def test_batch_cli_saves_the_exact_batch_and_names_its_documents(built_data, tmp_path, capsys):
@@ -309,3 +310,115 @@ def test_a_longer_build_begins_with_the_samples_of_a_shorter_one(built_data, tmp
     build_data(suite, tmp_path, progress=False)  # more steps: rebuilt longer, same prefix
     assert (tmp_path / "deduped" / "train.bin").read_bytes() == \
         (out / "deduped" / "train.bin").read_bytes()
+
+
+class CountingTokenizer:
+    """A tokenizer that counts the documents it encodes."""
+
+    def __init__(self, tok):
+        self._tok, self.encoded = tok, 0
+
+    def encode_batch_fast(self, batch, **kwargs):
+        self.encoded += len(batch)
+        return self._tok.encode_batch_fast(batch, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_an_interrupted_build_resumes_after_its_last_record_and_gives_the_same_files(
+        tmp_path, monkeypatch, capsys):
+    from lmsuite.data import build
+
+    suite = small_suite(documents=1000)
+    straight = tmp_path / "straight"
+    build_data(suite, straight, progress=False)
+    monkeypatch.setattr(build, "BATCH_DOCS", 100)
+    monkeypatch.setattr(build, "CHECKPOINT_SECONDS", 0.0)  # a record after every batch
+    batches = build._batches
+
+    def interrupted(texts):  # Ctrl-C while the sixth batch is read
+        for number, batch in enumerate(batches(texts)):
+            if number == 5:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(build, "_batches", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        build_data(suite, out, progress=False)
+    assert "resumes after document 500" in capsys.readouterr().err
+    assert not (out / "standard").exists() and not (out / "deduped").exists()
+    monkeypatch.setattr(build, "_batches", batches)
+    tokenizers = []
+    load = build.load_tokenizer
+    monkeypatch.setattr(build, "load_tokenizer",
+                        lambda path: tokenizers.append(CountingTokenizer(load(path))) or
+                        tokenizers[-1])
+    build_data(suite, out, progress=False)
+    assert sum(t.encoded for t in tokenizers) == 500  # only the documents after the record
+    for name in ("standard", "deduped", "synthetic"):
+        assert folder_bytes(out / name) == folder_bytes(straight / name)
+    assert sorted(p.name for p in out.iterdir()) == [".build.lock", "deduped", "standard",
+                                                     "synthetic"]
+
+
+def test_a_build_killed_mid_pass_resumes_to_the_same_files(tmp_path, capsys):
+    suite = small_suite(documents=6000)
+    config = tmp_path / "suite.toml"
+    save_suite(suite, config)
+    out = tmp_path / "killed"
+    script = ("import sys\nfrom lmsuite.config import load_suite\nfrom lmsuite.data import build\n"
+              "build.BATCH_DOCS = 100\nbuild.CHECKPOINT_SECONDS = 0.0\n"
+              "build.build_data(load_suite(sys.argv[1]), sys.argv[2], progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(config), str(out)])
+    record, done = out / ".build" / "partial.json", 0
+    deadline = time.monotonic() + 300
+    while done < 1000 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the build ended before it could be killed"
+        time.sleep(0.01)
+        try:
+            done = json.loads(record.read_text()).get("pass", {}).get("documents", 0)
+        except (OSError, json.JSONDecodeError):
+            continue
+    proc.kill()  # mid-pass: its writers hold documents past the last record
+    proc.wait()
+    assert done >= 1000 and not (out / "standard").exists()
+    capsys.readouterr()
+    build_data(suite, out, progress=True)
+    resumed_after = re.search(r"resuming the interrupted build after (\d+) documents",
+                              capsys.readouterr().err)
+    assert resumed_after and int(resumed_after.group(1)) >= done
+    straight = tmp_path / "straight"
+    build_data(suite, straight, progress=False)
+    for name in ("standard", "deduped"):
+        assert folder_bytes(out / name) == folder_bytes(straight / name)
+
+
+def test_a_build_interrupted_after_its_pass_resumes_without_tokenizing_again(
+        built_data, tmp_path, monkeypatch):
+    from lmsuite.data import build
+
+    suite, straight = built_data
+    write, calls = build.write_training_order, []
+
+    def interrupted(docs, ids, seq_len, samples, seed, folder):  # killed writing the 2nd order
+        calls.append(folder)
+        if len(calls) == 2:
+            (folder / ".train.bin.tmp-99999").write_bytes(b"half of a file")
+            raise KeyboardInterrupt
+        return write(docs, ids, seq_len, samples, seed, folder)
+
+    monkeypatch.setattr(build, "write_training_order", interrupted)
+    out = tmp_path / "data"
+    with pytest.raises(KeyboardInterrupt):
+        build_data(suite, out, progress=False)
+    monkeypatch.setattr(build, "write_training_order", write)
+    reads = []
+    iter_documents = build.iter_documents
+    monkeypatch.setattr(build, "iter_documents",
+                        lambda *args: reads.append(args) or iter_documents(*args))
+    build_data(suite, out, progress=False)
+    assert reads == []  # no pass over the documents: not counted, tokenized nor deduplicated
+    for name in ("standard", "deduped"):
+        assert folder_bytes(out / name) == folder_bytes(straight / name)

@@ -116,3 +116,40 @@ def test_corrupt_files_raise_a_clear_error_naming_the_file(tmp_path, damage, mes
     with pytest.raises(DataFormatError, match=message) as e:
         IndexedDataset(prefix)
     assert str(tmp_path / "d.") in str(e.value)
+
+
+def test_a_resumed_writer_drops_what_came_after_its_state_and_goes_on(tmp_path):
+    # A data build killed mid-write is resumed from its last record: what was written after
+    # the record goes, and the file ends as if the writer had never stopped.
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 500, int(n)) for n in rng.integers(0, 40, 30)]
+    with IndexedDatasetWriter(tmp_path / "straight", np.uint16) as w:
+        for doc in docs:
+            w.add_item(doc)
+    w = IndexedDatasetWriter(tmp_path / "resumed", np.uint16)
+    for doc in docs[:12]:
+        w.add_item(doc)
+    state = w.state()
+    for doc in docs[12:20]:  # written after the record, lost with the process
+        w.add_item(doc[::-1])
+    w.release()
+    resumed = IndexedDatasetWriter(tmp_path / "resumed", np.uint16, resume=state)
+    assert resumed.items == 12
+    for doc in docs[12:]:
+        resumed.add_item(doc)
+    resumed.close()
+    for suffix in (".bin", ".idx"):
+        assert ((tmp_path / f"resumed{suffix}").read_bytes()
+                == (tmp_path / f"straight{suffix}").read_bytes())
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_resuming_a_writer_whose_file_was_cut_short_is_a_clear_error(tmp_path):
+    w = IndexedDatasetWriter(tmp_path / "d", np.uint16)
+    w.add_item(np.arange(10))
+    state = w.state()
+    w.release()
+    state.tmp_bin.write_bytes(state.tmp_bin.read_bytes()[:5])
+    with pytest.raises(DataFormatError, match="expected at least 20 bytes written before, "
+                                              "found 5"):
+        IndexedDatasetWriter(tmp_path / "d", np.uint16, resume=state)

@@ -9,11 +9,13 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from lmsuite import __version__
@@ -22,7 +24,8 @@ from lmsuite.data.corpus import file_sha256, iter_documents, source_files
 from lmsuite.data.dedup import NearDuplicateFilter
 from lmsuite.data.indexed import IndexedDataset, IndexedDatasetWriter, token_dtype
 from lmsuite.data.order import read_manifest, write_training_order
-from lmsuite.data.synthetic import write_corpus
+from lmsuite.data.partial import PartialBuild
+from lmsuite.data.synthetic import meta_folder, write_corpus
 from lmsuite.data.tokenizer import (
     eod_id,
     load_tokenizer,
@@ -34,6 +37,10 @@ from lmsuite.errors import LmsuiteError
 
 DATASETS = ("standard", "deduped")
 BATCH_DOCS = 1024
+PARTIAL = ".build"
+"""The folder of a build in progress, under the data folder."""
+CHECKPOINT_SECONDS = 60.0
+"""How often the tokenizing pass records where it stands, for a resumed build."""
 
 
 def is_held_out(text: str, seed: int, fraction: float) -> bool:
@@ -94,24 +101,6 @@ def _complete(out: Path, suite: SuiteConfig, samples: int) -> bool:
     return all(m is not None and m["counts"]["train_samples"] >= samples for m in manifests)
 
 
-def _remove_stale_builds(out: Path) -> None:
-    """Delete the temporary folders of builds whose process is gone (killed half-way)."""
-    for tmp in out.glob(".build-*"):
-        pid = tmp.name.removeprefix(".build-")
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def _build_lock(out: Path) -> Iterator[None]:
     """Within: no other process builds into `out` (the trainers of a suite started at once
@@ -127,13 +116,31 @@ def _build_lock(out: Path) -> Iterator[None]:
         yield
 
 
+def _identity(suite: SuiteConfig, params: dict) -> dict:
+    """What an unfinished build must share with the next for that one to resume it: the
+    settings, the lmsuite version, and each source file as it stood (size, modification)."""
+    named = [] if suite.data.source == "synthetic" else source_files(list(suite.data.source))
+    if suite.data.tokenizer:
+        named.append(Path(suite.data.tokenizer))
+    stats = []
+    for path in named:
+        for part in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if part.is_file():
+                stat = part.stat()
+                stats.append([str(part), stat.st_size, stat.st_mtime_ns])
+    return json.loads(json.dumps({"lmsuite_version": __version__, "params": params,
+                                  "files": stats}))
+
+
 def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
                progress: bool = True) -> tuple[Path, Path]:
     """Build `out/standard` and `out/deduped` (skipped when already built with these settings).
 
-    Everything is written under a temporary folder and renamed into place at the end, so a
-    build killed half-way leaves no folder that looks complete. One process builds at a time;
-    others wait, then find the data built.
+    Everything is written under `out/.build` and renamed into place at the end, so a build
+    killed half-way leaves no folder that looks complete. An interrupted build (killed,
+    Ctrl-C, a machine that went down) is resumed by the next one with the same settings and
+    sources, from the last record of its tokenizing pass; a build that fails on bad input
+    removes what it wrote. One process builds at a time; others wait, then find the data built.
     """
     out = Path(out)
     params = build_params(suite)
@@ -143,25 +150,38 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
     with _build_lock(out):
         if not force and _complete(out, suite, total_samples):  # built while this waited
             return out / "standard", out / "deduped"
-        _remove_stale_builds(out)
-        tmp = out / f".build-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        partial = PartialBuild.open(out / PARTIAL, _identity(suite, params), fresh=force)
+        if partial.documents_done and progress:
+            print(f"{out}: resuming the interrupted build after {partial.documents_done} "
+                  "documents", file=sys.stderr, flush=True)
         try:
-            return _build(suite, out, tmp, params, total_samples, progress)
-        finally:  # a build that fails (bad input, Ctrl-C) leaves nothing of itself behind
-            shutil.rmtree(tmp, ignore_errors=True)
+            built = _build(suite, out, partial, params, total_samples, progress)
+        except LmsuiteError:  # bad input: nothing of this build stays
+            shutil.rmtree(partial.folder, ignore_errors=True)
+            raise
+        except KeyboardInterrupt:
+            if partial.documents_done:
+                print(f"{out}: build interrupted; the next build with these settings resumes "
+                      f"after document {partial.documents_done}", file=sys.stderr, flush=True)
+            raise
+        shutil.rmtree(partial.folder, ignore_errors=True)
+        return built
 
 
-def _build(suite: SuiteConfig, out: Path, tmp: Path, params: dict, total_samples: int,
-           progress: bool) -> tuple[Path, Path]:
-    data = suite.data
+def _build(suite: SuiteConfig, out: Path, partial: PartialBuild, params: dict,
+           total_samples: int, progress: bool) -> tuple[Path, Path]:
+    data, tmp = suite.data, partial.folder
 
     # 1. Sources: the built-in corpus is written first, then read like any other file.
     synthetic_meta = None
     if data.source == "synthetic":
         corpus = tmp / "synthetic" / "corpus.jsonl"
-        synthetic_meta = write_corpus(corpus, data.synthetic, data.documents, suite.seed)
+        synthetic_meta = meta_folder(corpus)
+        if not partial.get("corpus"):
+            shutil.rmtree(corpus.parent, ignore_errors=True)
+            write_corpus(corpus, data.synthetic, data.documents, suite.seed)
+            fsync_tree(corpus.parent)
+            partial.save(corpus=True)
         files = [corpus]
     else:
         files = source_files(list(data.source))
@@ -170,69 +190,34 @@ def _build(suite: SuiteConfig, out: Path, tmp: Path, params: dict, total_samples
         return iter_documents(files, data.text_field, data.txt_separator)
 
     # 2. Tokenizer: given, or trained on the training documents (never on held-out ones).
-    count = sum(1 for _ in documents())
-    if count == 0:
-        named = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
-        raise LmsuiteError(f"{named}: no documents found")
-    if data.tokenizer:
-        tok = load_tokenizer(data.tokenizer)
-        if tok.get_vocab_size() > data.vocab_size:
-            raise LmsuiteError(f"{data.tokenizer}: the tokenizer has {tok.get_vocab_size()} "
-                               f"tokens, more than [data] vocab_size = {data.vocab_size}")
-    else:
-        tok = train_tokenizer((t for t in documents()
-                               if not is_held_out(t, suite.seed, data.validation_fraction)),
-                              data.vocab_size)
-    eod, dtype = eod_id(tok), token_dtype(data.vocab_size)
+    count = partial.get("count")
+    if count is None:
+        count = sum(1 for _ in documents())
+        if count == 0:
+            named = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+            raise LmsuiteError(f"{named}: no documents found")
+        partial.save(count=count)
+    tok = _tokenizer(suite, partial, documents)
 
     # 3. One pass: tokenize, hold out, near-dedup, write the documents of both datasets.
     folders = {name: tmp / name for name in DATASETS}
-    for folder in folders.values():
-        folder.mkdir()
-    dedup = NearDuplicateFilter(threshold=data.dedup_threshold)
-    doc_ids: dict[str, list[int]] = {name: [] for name in DATASETS}
-    val_docs = 0
-    bar = tqdm(total=count, unit="doc", desc="tokenize + dedup", disable=not progress)
-    with (IndexedDatasetWriter(folders["standard"] / "documents", dtype) as standard,
-          IndexedDatasetWriter(folders["deduped"] / "documents", dtype) as deduped,
-          IndexedDatasetWriter(folders["standard"] / "val", dtype) as val):
-        index = 0
-        for batch in _batches(documents()):
-            for text, enc in zip(batch, tok.encode_batch_fast(batch, add_special_tokens=False),
-                                 strict=True):
-                tokens = np.asarray(enc.ids + [eod])
-                if is_held_out(text, suite.seed, data.validation_fraction):
-                    val.add_item(tokens)
-                    val_docs += 1
-                else:
-                    standard.add_item(tokens)
-                    doc_ids["standard"].append(index)
-                    if dedup.add(index, text) is None:
-                        deduped.add_item(tokens)
-                        doc_ids["deduped"].append(index)
-                index += 1
-            bar.update(len(batch))
-    bar.close()
-    for suffix in (".bin", ".idx"):
-        shutil.copyfile(folders["standard"] / f"val{suffix}", folders["deduped"] / f"val{suffix}")
-    with (folders["deduped"] / "removed_duplicates.jsonl").open("w") as f:
-        for doc, (kept, similarity) in sorted(dedup.removed.items()):
-            f.write(json.dumps({"doc": doc, "duplicate_of": kept,
-                                "similarity": round(similarity, 4)}) + "\n")
+    if not partial.get("pass_done"):
+        _tokenize_pass(suite, partial, documents(), count, tok, progress)
+    passed = partial.get("pass_done")
 
     # 4. Per dataset: the training order, the tokenizer, the metadata, the manifest.
+    eod, dtype = eod_id(tok), token_dtype(data.vocab_size)
     sources = [{"path": str(p.relative_to(tmp)) if synthetic_meta else str(p),
                 "sha256": file_sha256(p)} for p in files]
     for name, folder in folders.items():
-        ids = np.asarray(doc_ids[name], np.int64)
-        if len(ids) == 0:
-            raise LmsuiteError("every document was held out for validation; lower "
-                               "[data] validation_fraction or add documents")
-        np.save(folder / "document_ids.npy", ids)
+        for leftover in folder.glob(".*.tmp-*"):  # of this stage, interrupted and now resumed
+            leftover.unlink()
+        ids = np.load(folder / "document_ids.npy")
         docs = IndexedDataset(folder / "documents")
         counts = write_training_order(docs, ids, data.seq_len, total_samples, suite.seed, folder)
         save_tokenizer(tok, folder, max_length=data.seq_len)
         if synthetic_meta is not None:
+            shutil.rmtree(folder / synthetic_meta.name, ignore_errors=True)
             shutil.copytree(synthetic_meta, folder / synthetic_meta.name)
         manifest = {
             "lmsuite_version": __version__,
@@ -242,12 +227,12 @@ def _build(suite: SuiteConfig, out: Path, tmp: Path, params: dict, total_samples
             "tokenizer": {"sha256": file_sha256(folder / "tokenizer.json"),
                           "vocab_size": tok.get_vocab_size(), "eod_id": eod},
             "dtype": dtype.name,
-            "dedup": dedup.describe() if name == "deduped" else None,
+            "dedup": _dedup_filter(suite).describe() if name == "deduped" else None,
             "counts": {
                 "source_documents": count,
-                "validation_documents": val_docs,
+                "validation_documents": passed["validation_documents"],
                 "train_documents": len(ids),
-                "removed_duplicates": len(dedup.removed) if name == "deduped" else 0,
+                "removed_duplicates": passed["removed_duplicates"] if name == "deduped" else 0,
                 "document_tokens": int(docs.sizes.sum(dtype=np.int64)),
                 **counts,
             },
@@ -269,3 +254,122 @@ def _build(suite: SuiteConfig, out: Path, tmp: Path, params: dict, total_samples
     fsync(out)
     return out / "standard", out / "deduped"
 
+
+def _tokenizer(suite: SuiteConfig, partial: PartialBuild,
+               documents: Callable[[], Iterator[str]]) -> Tokenizer:
+    """The suite's tokenizer; a trained one is kept in the partial build for a resumed one."""
+    data = suite.data
+    if data.tokenizer:
+        tok = load_tokenizer(data.tokenizer)
+        if tok.get_vocab_size() > data.vocab_size:
+            raise LmsuiteError(f"{data.tokenizer}: the tokenizer has {tok.get_vocab_size()} "
+                               f"tokens, more than [data] vocab_size = {data.vocab_size}")
+        return tok
+    path = partial.folder / "tokenizer.json"
+    if not partial.get("tokenizer"):
+        trained = train_tokenizer((t for t in documents()
+                                   if not is_held_out(t, suite.seed, data.validation_fraction)),
+                                  data.vocab_size)
+        trained.save(str(path))
+        fsync(path)
+        partial.save(tokenizer=True)
+    # Read back from the file in both cases, so a resumed build tokenizes as a fresh one.
+    return load_tokenizer(path)
+
+
+def _dedup_filter(suite: SuiteConfig) -> NearDuplicateFilter:
+    return NearDuplicateFilter(threshold=suite.data.dedup_threshold)
+
+
+def _tokenize_pass(suite: SuiteConfig, partial: PartialBuild, documents: Iterator[str],
+                   count: int, tok: Tokenizer, progress: bool) -> None:
+    """Tokenize every document, hold out the validation ones, near-dedup the rest, and write
+    standard/{documents,val} and deduped/documents. Every CHECKPOINT_SECONDS it records where
+    it stands; resumed, it replays the held-out and dedup decisions of the documents done
+    before (cheap: no tokenizing, no writing) and goes on writing after them."""
+    data, tmp = suite.data, partial.folder
+    eod, dtype = eod_id(tok), token_dtype(data.vocab_size)
+    done = partial.documents_done
+    folders = {name: tmp / name for name in DATASETS}
+    if not done:  # files of a pass that stopped before its first record are of no use
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+    writers = {"standard": IndexedDatasetWriter(folders["standard"] / "documents", dtype,
+                                                partial.writer_state("standard")),
+               "deduped": IndexedDatasetWriter(folders["deduped"] / "documents", dtype,
+                                               partial.writer_state("deduped")),
+               "val": IndexedDatasetWriter(folders["standard"] / "val", dtype,
+                                           partial.writer_state("val"))}
+    dedup = _dedup_filter(suite)
+    doc_ids: dict[str, list[int]] = {name: [] for name in DATASETS}
+    val_docs = index = 0
+    recorded = time.monotonic()
+    bar = tqdm(total=count, unit="doc", desc="tokenize + dedup", disable=not progress)
+    try:
+        for batch in _batches(documents):
+            if index < done:  # decided before the interruption: replay, write nothing
+                replayed, batch = batch[:done - index], batch[done - index:]
+                for text in replayed:
+                    if is_held_out(text, suite.seed, data.validation_fraction):
+                        val_docs += 1
+                    else:
+                        doc_ids["standard"].append(index)
+                        if dedup.add(index, text) is None:
+                            doc_ids["deduped"].append(index)
+                    index += 1
+                bar.update(len(replayed))
+                if index == done:
+                    _check_replay(partial, writers, doc_ids, val_docs)
+            if not batch:
+                continue
+            for text, enc in zip(batch, tok.encode_batch_fast(batch, add_special_tokens=False),
+                                 strict=True):
+                tokens = np.asarray(enc.ids + [eod])
+                if is_held_out(text, suite.seed, data.validation_fraction):
+                    writers["val"].add_item(tokens)
+                    val_docs += 1
+                else:
+                    writers["standard"].add_item(tokens)
+                    doc_ids["standard"].append(index)
+                    if dedup.add(index, text) is None:
+                        writers["deduped"].add_item(tokens)
+                        doc_ids["deduped"].append(index)
+                index += 1
+            bar.update(len(batch))
+            if time.monotonic() - recorded >= CHECKPOINT_SECONDS:
+                partial.save_pass(index, writers)
+                recorded = time.monotonic()
+        if index != count or index < done:
+            raise LmsuiteError(f"{tmp}: the sources now hold {index} documents, not {count} "
+                               "as when this build began; run the build again to start afresh")
+    except BaseException:
+        for writer in writers.values():
+            writer.release()  # kept for a resumed build, which goes on from the last record
+        raise
+    bar.close()
+    for writer in writers.values():
+        writer.close()
+    for suffix in (".bin", ".idx"):
+        shutil.copyfile(folders["standard"] / f"val{suffix}", folders["deduped"] / f"val{suffix}")
+    with (folders["deduped"] / "removed_duplicates.jsonl").open("w") as f:
+        for doc, (kept, similarity) in sorted(dedup.removed.items()):
+            f.write(json.dumps({"doc": doc, "duplicate_of": kept,
+                                "similarity": round(similarity, 4)}) + "\n")
+    for name, ids in doc_ids.items():
+        if not ids:
+            raise LmsuiteError("every document was held out for validation; lower "
+                               "[data] validation_fraction or add documents")
+        np.save(folders[name] / "document_ids.npy", np.asarray(ids, np.int64))
+    fsync_tree(tmp)
+    partial.save(pass_done={"validation_documents": val_docs,
+                            "removed_duplicates": len(dedup.removed)})
+
+
+def _check_replay(partial: PartialBuild, writers: dict[str, IndexedDatasetWriter],
+                  doc_ids: dict[str, list[int]], val_docs: int) -> None:
+    """The replayed decisions must account for what the interrupted pass wrote."""
+    if (writers["standard"].items, writers["deduped"].items, writers["val"].items) != (
+            len(doc_ids["standard"]), len(doc_ids["deduped"]), val_docs):
+        raise LmsuiteError(f"{partial.folder}: the sources do not give what the interrupted "
+                           "build wrote from them; run the build again to start afresh")

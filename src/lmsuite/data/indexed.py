@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,23 +111,67 @@ class IndexedDataset:
         return self.tokens[begin:end].reshape(stop - start, length)
 
 
+@dataclass
+class WriterState:
+    """Where an unfinished writer stands, for a later process to go on writing (a data build
+    resumed after an interruption): its temporary .bin file, how many of its bytes count, and
+    the items and documents written into them."""
+
+    tmp_bin: Path
+    nbytes: int
+    sizes: np.ndarray
+    doc_idx: np.ndarray
+
+
 class IndexedDatasetWriter:
     """Append items to a .bin/.idx pair; `close()` writes the index and renames both into place.
 
     Each item is one document unless `end_document` is called explicitly (Megatron's builder).
+    Given `resume`, it goes on from a state that `state()` recorded, dropping what was written
+    after it.
     """
 
-    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype):
+    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype,
+                 resume: WriterState | None = None):
         prefix = str(prefix)
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODES:
             raise ValueError(f"dtype {self.dtype} has no Megatron dtype code")
         self.bin_path, self.idx_path = Path(prefix + ".bin"), Path(prefix + ".idx")
-        self._tmp_bin = self.bin_path.with_name(f".{self.bin_path.name}.tmp-{os.getpid()}")
         self._tmp_idx = self.idx_path.with_name(f".{self.idx_path.name}.tmp-{os.getpid()}")
-        self._bin = self._tmp_bin.open("wb")
         self._sizes = array("i")
         self._doc_idx = array("q", [0])
+        if resume is None:
+            self._tmp_bin = self.bin_path.with_name(f".{self.bin_path.name}.tmp-{os.getpid()}")
+            self._bin = self._tmp_bin.open("wb")
+            return
+        self._tmp_bin = Path(resume.tmp_bin)
+        written = self._tmp_bin.stat().st_size if self._tmp_bin.is_file() else -1
+        if written < resume.nbytes:
+            raise DataFormatError(f"{self._tmp_bin}: expected at least {resume.nbytes} bytes "
+                                  f"written before, found {max(written, 0)}")
+        self._bin = self._tmp_bin.open("r+b")
+        self._bin.truncate(resume.nbytes)
+        self._bin.seek(resume.nbytes)
+        self._sizes = array("i", np.asarray(resume.sizes, np.int32).tobytes())
+        self._doc_idx = array("q", np.asarray(resume.doc_idx, np.int64).tobytes())
+
+    @property
+    def items(self) -> int:
+        """Items written so far."""
+        return len(self._sizes)
+
+    def state(self) -> WriterState:
+        """Flush what is written to disk, and say where the writer stands (for `resume`)."""
+        self._bin.flush()
+        os.fsync(self._bin.fileno())
+        return WriterState(self._tmp_bin, self._bin.tell(),
+                           np.frombuffer(self._sizes, np.int32).copy(),
+                           np.frombuffer(self._doc_idx, np.int64).copy())
+
+    def release(self) -> None:
+        """Stop writing, keeping the temporary .bin file for a writer resumed from `state()`."""
+        self._bin.close()
 
     def add_item(self, tokens: np.ndarray | list[int], end_document: bool = True) -> None:
         """Append one item; with `end_document`, it is a whole document."""

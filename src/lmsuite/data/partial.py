@@ -1,0 +1,92 @@
+"""An unfinished data build's record of where it stands, so that the next build resumes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from lmsuite.data.indexed import IndexedDatasetWriter, WriterState
+from lmsuite.durable import fsync, fsync_tree
+
+
+class PartialBuild:
+    """The folder of a build in progress and `partial.json` in it: the build's identity (its
+    settings and sources) and the stages done. A build with the same identity takes up where
+    the last one stopped; one with another identity starts afresh.
+
+    The tokenizing pass records, now and then, how many documents it has done and where each
+    of its writers stands (`save_pass`); a resumed pass goes on from there, so what was written
+    after the last record (a process killed mid-write) is dropped.
+    """
+
+    def __init__(self, folder: Path, record: dict):
+        self.folder = folder
+        self.record = record
+
+    @classmethod
+    def open(cls, folder: Path, identity: dict, fresh: bool = False) -> PartialBuild:
+        """The build in `folder` when it has this identity (and not `fresh`); else a new one."""
+        path = folder / "partial.json"
+        if not fresh and path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError:  # torn by a crash: not a record to trust
+                record = None
+            if isinstance(record, dict) and record.get("identity") == identity:
+                return cls(folder, record)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        partial = cls(folder, {"identity": identity})
+        partial.save()
+        return partial
+
+    def get(self, key: str):
+        return self.record.get(key)
+
+    def save(self, **stages) -> None:
+        """Record `stages` as done: on disk before anything that relies on them."""
+        self.record.update(stages)
+        path = self.folder / "partial.json"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.record, indent=1) + "\n")
+        fsync(tmp)
+        os.replace(tmp, path)
+        fsync(self.folder)
+
+    @property
+    def documents_done(self) -> int:
+        """Documents the tokenizing pass had finished at its last record."""
+        return (self.get("pass") or {}).get("documents", 0)
+
+    def save_pass(self, documents: int, writers: dict[str, IndexedDatasetWriter]) -> None:
+        """Record that the pass has done its first `documents`, its `writers` standing where
+        they are now."""
+        generation = (self.get("pass") or {}).get("generation", 0) + 1
+        arrays = self.folder / f"pass-{generation}"
+        arrays.mkdir()
+        states = {}
+        for name, writer in writers.items():
+            state = writer.state()
+            np.save(arrays / f"{name}.sizes.npy", state.sizes)
+            np.save(arrays / f"{name}.doc_idx.npy", state.doc_idx)
+            states[name] = {"tmp_bin": str(state.tmp_bin.relative_to(self.folder)),
+                            "nbytes": state.nbytes}
+        fsync_tree(arrays)
+        self.save(**{"pass": {"documents": documents, "generation": generation,
+                              "writers": states}})
+        shutil.rmtree(self.folder / f"pass-{generation - 1}", ignore_errors=True)
+
+    def writer_state(self, name: str) -> WriterState | None:
+        """Where writer `name` stood at the pass's last record; None before any record."""
+        done = self.get("pass")
+        if not done:
+            return None
+        arrays = self.folder / f"pass-{done['generation']}"
+        saved = done["writers"][name]
+        return WriterState(self.folder / saved["tmp_bin"], saved["nbytes"],
+                           np.load(arrays / f"{name}.sizes.npy"),
+                           np.load(arrays / f"{name}.doc_idx.npy"))
