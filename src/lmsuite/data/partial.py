@@ -11,6 +11,7 @@ import numpy as np
 
 from lmsuite.data.indexed import IndexedDatasetWriter, WriterState
 from lmsuite.durable import fsync, fsync_tree
+from lmsuite.errors import DataFormatError
 
 
 class PartialBuild:
@@ -64,29 +65,36 @@ class PartialBuild:
 
     def save_pass(self, documents: int, writers: dict[str, IndexedDatasetWriter]) -> None:
         """Record that the pass has done its first `documents`, its `writers` standing where
-        they are now."""
-        generation = (self.get("pass") or {}).get("generation", 0) + 1
-        arrays = self.folder / f"pass-{generation}"
-        arrays.mkdir()
+        they are now. Each record stores only the items written since the one before, so a
+        long pass records in time proportional to what it has just written."""
+        done = self.get("pass") or {"generation": 0, "writers": {}}
+        generation = done["generation"] + 1
+        chunks = self.folder / "pass"
+        chunks.mkdir(exist_ok=True)
         states = {}
         for name, writer in writers.items():
             state = writer.state()
-            np.save(arrays / f"{name}.sizes.npy", state.sizes)
-            np.save(arrays / f"{name}.doc_idx.npy", state.doc_idx)
+            before = done["writers"].get(name, {"items": 0, "documents": 0})
+            np.save(chunks / f"{generation}.{name}.sizes.npy", state.sizes[before["items"]:])
+            np.save(chunks / f"{generation}.{name}.doc_idx.npy",
+                    state.doc_idx[before["documents"]:])
             states[name] = {"tmp_bin": str(state.tmp_bin.relative_to(self.folder)),
-                            "nbytes": state.nbytes}
-        fsync_tree(arrays)
+                            "nbytes": state.nbytes, "items": len(state.sizes),
+                            "documents": len(state.doc_idx)}
+        fsync_tree(chunks)
         self.save(**{"pass": {"documents": documents, "generation": generation,
                               "writers": states}})
-        shutil.rmtree(self.folder / f"pass-{generation - 1}", ignore_errors=True)
 
     def writer_state(self, name: str) -> WriterState | None:
         """Where writer `name` stood at the pass's last record; None before any record."""
         done = self.get("pass")
         if not done:
             return None
-        arrays = self.folder / f"pass-{done['generation']}"
+        chunks = [self.folder / "pass" / f"{g}.{name}" for g in range(1, done["generation"] + 1)]
         saved = done["writers"][name]
-        return WriterState(self.folder / saved["tmp_bin"], saved["nbytes"],
-                           np.load(arrays / f"{name}.sizes.npy"),
-                           np.load(arrays / f"{name}.doc_idx.npy"))
+        sizes = np.concatenate([np.load(f"{c}.sizes.npy") for c in chunks])
+        doc_idx = np.concatenate([np.load(f"{c}.doc_idx.npy") for c in chunks])
+        if (len(sizes), len(doc_idx)) != (saved["items"], saved["documents"]):
+            raise DataFormatError(f"{self.folder / 'pass'}: the records of writer {name} hold "
+                                  f"{len(sizes)} items, not the {saved['items']} recorded")
+        return WriterState(self.folder / saved["tmp_bin"], saved["nbytes"], sizes, doc_idx)
