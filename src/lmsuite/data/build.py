@@ -344,6 +344,7 @@ def _tokenize_pass(suite: SuiteConfig, partial: PartialBuild, documents: Iterato
             raise LmsuiteError(f"{tmp}: the sources now hold {index} documents, not {count} "
                                "as when this build began; run the build again to start afresh")
     except BaseException:
+        bar.close()
         for writer in writers.values():
             writer.release()  # kept for a resumed build, which goes on from the last record
         raise
