@@ -286,3 +286,12 @@ def test_data_that_does_not_fit_the_model_is_a_clear_error(built_data):
     cfg = config_for_size(size, 512, 64)
     with pytest.raises(LmsuiteError, match="seq_len 32 .* the config asks for seq_len 64"):
         check_data(data / "standard", other_len, cfg)
+
+
+def test_training_without_progress_builds_its_data_without_a_progress_bar(built_data, tmp_path,
+                                                                           capsys):
+    suite = training_suite(built_data, steps=1)
+    folder = train(suite, "s1", "standard", tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "data" / "standard" / "manifest.json").is_file()
+    assert list_checkpoints(folder) == [0, 1]
+    assert "tokenize + dedup" not in capsys.readouterr().err

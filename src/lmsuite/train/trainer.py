@@ -142,13 +142,14 @@ def check_batch_split(batch_size: int, micro_batch_size: int, world_size: int) -
                            "processes); choose one that does")
 
 
-def ensure_data(suite: SuiteConfig, run_dir: Path, dataset: str, world: dist.World) -> Path:
+def ensure_data(suite: SuiteConfig, run_dir: Path, dataset: str, world: dist.World,
+                progress: bool = True) -> Path:
     """RUN_DIR/data/<dataset>, built first (by rank 0) when it is missing."""
     if dataset not in DATASETS:
         raise LmsuiteError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     data_dir = run_dir / "data"
     if world.main:
-        build_data(suite, data_dir)
+        build_data(suite, data_dir, progress=progress)
     dist.barrier(world)
     return data_dir / dataset
 
@@ -258,7 +259,8 @@ class Trainer:
     def setup(self, resume: bool) -> int:
         """Build the model and optimizer, restore the newest checkpoint when resuming; returns
         the step to continue from."""
-        self.data_dir = ensure_data(self.suite, self.run_dir, self.dataset, self.world)
+        self.data_dir = ensure_data(self.suite, self.run_dir, self.dataset, self.world,
+                                    self.progress)
         self.manifest = check_data(self.data_dir, self.suite, self.cfg)
         self.tokenizer = load_tokenizer(self.data_dir)
         self.tokens_per_step = self.suite.train.batch_size * self.suite.data.seq_len
