@@ -88,3 +88,15 @@ def test_arguments_that_ask_for_nothing_or_the_wrong_thing_are_errors(tmp_path, 
     assert e.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, bar", [([], True), (["--no-progress"], False)])
+def test_data_build_draws_a_progress_bar_unless_told_not_to(tmp_path, capsys, flags, bar):
+    from lmsuite.config import save_suite
+    from tests.conftest import small_suite
+
+    save_suite(small_suite(documents=100), tmp_path / "suite.toml")
+    main(["data", "build", str(tmp_path / "suite.toml"), "--out", str(tmp_path / "data"),
+          *flags])
+    out, err = capsys.readouterr()
+    assert "standard: " in out and ("tokenize + dedup" in err) == bar

@@ -55,7 +55,7 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
     suite = load_suite(args.config)
     out = Path(args.out) if args.out else default_run_dir(suite.name) / "data"
-    for folder in build_data(suite, out, force=args.force):
+    for folder in build_data(suite, out, force=args.force, progress=not args.no_progress):
         counts = json.loads((folder / "manifest.json").read_text())["counts"]
         print(f"{folder}: {counts['train_documents']} documents, {counts['document_tokens']:,} "
               f"tokens, {counts['train_samples']} samples ({counts['epochs']} epochs)")
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("config", help="suite TOML file")
     build.add_argument("--out", help="output folder (default runs/<suite>/data)")
     build.add_argument("--force", action="store_true", help="rebuild even if built already")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=cmd_data_build)
 
     batch = commands.add_parser("batch", parents=[common],
