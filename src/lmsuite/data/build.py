@@ -151,7 +151,7 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
         if not force and _complete(out, suite, total_samples):  # built while this waited
             return out / "standard", out / "deduped"
         partial = PartialBuild.open(out / PARTIAL, _identity(suite, params), fresh=force)
-        if partial.documents_done and progress:
+        if partial.documents_done:
             print(f"{out}: resuming the interrupted build after {partial.documents_done} "
                   "documents", file=sys.stderr, flush=True)
         try:
