@@ -318,3 +318,17 @@ def test_a_bad_lambada_file_is_refused_before_anything_runs(small_run, tmp_path,
                  results=tmp_path / "eval.jsonl", lambada_file=tmp_path / "bad.jsonl",
                  progress=False)
     assert not (tmp_path / "eval.jsonl").exists()
+
+
+@pytest.mark.parametrize("record, message", [
+    ('{"model": "s1", "dataset"', "provenance.json: not valid JSON"),
+    ('["s1"]', 'provenance.json: expected a JSON object naming its "model"'),
+])
+def test_a_damaged_provenance_record_is_a_clear_error(small_run, tmp_path, record, message):
+    _, run_dir = small_run
+    model = tmp_path / "s1"
+    shutil.copytree(run_dir / "s1" / "step20", model / "step20")
+    (model / "step20" / "provenance.json").write_text(record)
+    with pytest.raises(LmsuiteError, match=message):
+        evaluate(model, tasks=["perplexity"], data=run_dir / "data" / "standard",
+                 progress=False)

@@ -184,6 +184,10 @@ def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path, monke
     state["trajectory"].pop("train.adam_eps")
     state_file.write_text(json.dumps(state))
     train(suite, "s2", "deduped", copy, resume=True, progress=False)
+    # A damaged record is one clear error, not a traceback.
+    (copy / "s2-deduped" / "step40" / "provenance.json").write_text('{"model": ')
+    with pytest.raises(LmsuiteError, match="step40/provenance.json: not valid JSON"):
+        train(suite, "s2", "deduped", copy, resume=True, progress=False)
 
 
 def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built_data,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -13,7 +12,13 @@ from tqdm import tqdm
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
 from lmsuite.evaluate.tasks import TASKS, Context, eval_items_dir, read_lambada
-from lmsuite.model.hf import STEP, list_steps, load_model, resolve_model_folder
+from lmsuite.model.hf import (
+    STEP,
+    list_steps,
+    load_model,
+    read_provenance,
+    resolve_model_folder,
+)
 from lmsuite.results import ResultStore, Source
 
 DEFAULT_TASKS = ("lambada", "perplexity", "arithmetic", "facts", "pronouns", "stereotypes")
@@ -50,10 +55,10 @@ def _model_checkpoints(model_dir: Path, spec) -> list[Checkpoint]:
     found = []
     for step in _chosen(list_steps(model_dir), spec):
         folder = model_dir / f"step{step}"
-        provenance = folder / "provenance.json"
-        if provenance.is_file():
-            p = json.loads(provenance.read_text())
-            source = Source(p.get("suite"), p["model"], p.get("dataset"), step)
+        provenance = read_provenance(folder)
+        if provenance is not None:
+            source = Source(provenance.get("suite"), provenance["model"],
+                            provenance.get("dataset"), step)
         else:
             deduped = model_dir.name.endswith("-deduped")
             source = Source(None, model_dir.name.removesuffix("-deduped"),

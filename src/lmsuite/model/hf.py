@@ -193,6 +193,22 @@ def list_steps(model_dir: str | os.PathLike) -> list[int]:
                   if (m := STEP.match(path.name)) and has_weights(path))
 
 
+def read_provenance(folder: str | os.PathLike) -> dict | None:
+    """lmsuite's record beside a checkpoint's weights (`provenance.json`: suite, model,
+    dataset, step, data hash, the settings it was trained with); None in a folder without one,
+    such as Pythia's."""
+    path = Path(folder) / "provenance.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("model"), str):
+        raise DataFormatError(f'{path}: expected a JSON object naming its "model"')
+    return record
+
+
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     single = folder / "model.safetensors"
     if single.is_file():

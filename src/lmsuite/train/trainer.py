@@ -23,6 +23,7 @@ from lmsuite.data.build import build_data
 from lmsuite.data.order import batch_at, read_manifest
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
+from lmsuite.model.hf import read_provenance
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size
 from lmsuite.train import distributed as dist
 from lmsuite.train.allocator import keep_freed_memory
@@ -101,9 +102,10 @@ def check_existing(run_dir: Path, suite: SuiteConfig, size: ModelConfig, dataset
     reads JSON only, so it runs before anything is built or trained."""
     model_dir = Path(run_dir) / model_folder_name(size.name, dataset)
     saved = list_checkpoints(model_dir)
-    provenance = checkpoint_dir(model_dir, saved[-1]) / "provenance.json" if saved else None
-    if provenance is not None and provenance.is_file():
-        check_same_training(provenance, json.loads(provenance.read_text()), suite, size,
+    newest = checkpoint_dir(model_dir, saved[-1]) if saved else None
+    record = read_provenance(newest) if newest is not None else None
+    if record is not None:
+        check_same_training(newest / "provenance.json", record, suite, size,
                             read_manifest(Path(run_dir) / "data" / dataset), consequence)
 
 
