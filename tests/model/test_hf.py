@@ -155,3 +155,22 @@ def test_missing_folder_and_mismatched_weights_are_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(DataFormatError, match="has shape"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["model.safetensors", "pytorch_model.bin",
+                                    "model.safetensors.index.json"])
+def test_damaged_weight_files_are_clear_errors_naming_the_file(tmp_path, layout):
+    # A copy cut short (a full disk, an interrupted transfer) in any of the layouts.
+    ours = GPTNeoX(NeoXConfig(vocab_size=256, layers=1, d_model=32, heads=2))
+    save_model(ours, tmp_path)
+    weights = tmp_path / "model.safetensors"
+    if layout == "pytorch_model.bin":
+        torch.save(ours.state_dict(), tmp_path / layout)
+        weights.unlink()
+    elif layout == "model.safetensors.index.json":
+        weights.rename(tmp_path / "model-00001-of-00001.safetensors")
+        (tmp_path / layout).write_text('{"weight_map": ')
+    damaged = tmp_path / layout
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    with pytest.raises(DataFormatError, match=f"{layout}: (unreadable weights|expected a JSON)"):
+        load_model(tmp_path)

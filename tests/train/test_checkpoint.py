@@ -134,3 +134,11 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     (tmp_path / ".lock").write_text(f"{socket.gethostname()} {dead}\n")
     with ckpt.ModelLock(tmp_path):
         assert (tmp_path / ".lock").read_text().split()[1] == str(os.getpid())
+
+
+def test_a_checkpoint_with_damaged_weights_is_a_clear_error(tmp_path, parts):
+    path = save(tmp_path, parts, 1)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(DataFormatError, match="unreadable checkpoint"):
+        ckpt.load_checkpoint(path)

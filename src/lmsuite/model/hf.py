@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
@@ -210,21 +212,34 @@ def read_provenance(folder: str | os.PathLike) -> dict | None:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    single = folder / "model.safetensors"
+    """The weights of an HF folder in any of its layouts; a clear error for a damaged file."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    legacy = folder / "pytorch_model.bin"
     if single.is_file():
-        return load_file(str(single))
-    index = folder / "model.safetensors.index.json"
+        return _load_weight_file(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise DataFormatError(f"{index}: expected a JSON object with a weight_map of "
+                                  "tensor names to shard files") from None
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(str(folder / shard)))
+            state.update(_load_weight_file(folder / shard))
         return state
-    legacy = folder / "pytorch_model.bin"
     if legacy.is_file():
-        # Older Pythia revisions ship only this; weights_only never runs pickled code.
-        return torch.load(legacy, map_location="cpu", weights_only=True)
+        return _load_weight_file(legacy)
     raise DataFormatError(f"{folder}: no model.safetensors (or pytorch_model.bin) found")
+
+
+def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".bin":
+            # Older Pythia revisions ship only this; weights_only never runs pickled code.
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise DataFormatError(f"{path}: unreadable weights ({e})") from None
 
 
 def load_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,

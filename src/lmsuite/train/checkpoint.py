@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
@@ -82,7 +83,8 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
         optimizer = torch.load(trainer / "optimizer.pt", map_location="cpu", weights_only=True)
         rng = torch.load(trainer / "rng.pt", map_location="cpu", weights_only=True)
         model = load_file(str(path / "model.safetensors"))
-    except (OSError, json.JSONDecodeError, RuntimeError, pickle.UnpicklingError) as e:
+    except (OSError, json.JSONDecodeError, RuntimeError, pickle.UnpicklingError,
+            SafetensorError) as e:
         raise DataFormatError(f"{path}: unreadable checkpoint ({e})") from None
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
