@@ -140,5 +140,5 @@ def test_a_checkpoint_with_damaged_weights_is_a_clear_error(tmp_path, parts):
     path = save(tmp_path, parts, 1)
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:40])
-    with pytest.raises(DataFormatError, match="unreadable checkpoint"):
+    with pytest.raises(DataFormatError, match="model.safetensors: unreadable weights"):
         ckpt.load_checkpoint(path)

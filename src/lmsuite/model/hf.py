@@ -211,8 +211,10 @@ def read_provenance(folder: str | os.PathLike) -> dict | None:
     return record
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The weights of an HF folder in any of its layouts; a clear error for a damaged file."""
+def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of an HF folder in any of its layouts, as saved (no renaming); a clear error
+    naming the file for a damaged one."""
+    folder = Path(folder)
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     legacy = folder / "pytorch_model.bin"
     if single.is_file():
@@ -247,7 +249,7 @@ def load_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
     """Load any HF GPT-NeoX folder (a real Pythia checkpoint included) as an lmsuite model."""
     folder = resolve_model_folder(folder)
     cfg = read_model_config(folder)
-    state = _read_weights(folder)
+    state = read_weights(folder)
     if "lm_head.weight" in state:  # transformers >= 5 names the output embedding lm_head
         state["embed_out.weight"] = state.pop("lm_head.weight")
     state = {k: v for k, v in state.items() if not k.endswith(_LEGACY_BUFFERS)}

@@ -10,13 +10,11 @@ import socket
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from lmsuite.durable import fsync, fsync_tree
 from lmsuite.errors import DataFormatError, LmsuiteError
-from lmsuite.model.hf import list_steps, save_weights
+from lmsuite.model.hf import list_steps, read_weights, save_weights
 from lmsuite.model.neox import NeoXConfig
 
 # What stays beside the weights even when the trainer state is dropped: where they come from.
@@ -82,10 +80,9 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
         state = json.loads((trainer / "state.json").read_text())
         optimizer = torch.load(trainer / "optimizer.pt", map_location="cpu", weights_only=True)
         rng = torch.load(trainer / "rng.pt", map_location="cpu", weights_only=True)
-        model = load_file(str(path / "model.safetensors"))
-    except (OSError, json.JSONDecodeError, RuntimeError, pickle.UnpicklingError,
-            SafetensorError) as e:
+    except (OSError, json.JSONDecodeError, RuntimeError, pickle.UnpicklingError) as e:
         raise DataFormatError(f"{path}: unreadable checkpoint ({e})") from None
+    model = read_weights(path)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
