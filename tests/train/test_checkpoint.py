@@ -78,6 +78,42 @@ def test_a_process_killed_while_writing_leaves_a_temporary_the_next_run_removes(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step1"]
 
 
+def test_saving_a_step_again_keeps_the_old_checkpoint_whole_until_the_new_is_in_place(
+        tmp_path, parts, monkeypatch):
+    # A run resumed from an earlier checkpoint saves a step that exists again: a failure
+    # at the last moment must leave the old checkpoint as it was, not half of it deleted.
+    old_weights = (save(tmp_path, parts, 2) / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        next(parts[1].parameters()).add_(1.0)
+    real_replace = os.replace
+
+    def fail_on_the_new_one(src, dst):
+        if Path(src).name.startswith(".step2.tmp-"):  # the new checkpoint's folder
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", fail_on_the_new_one)
+    with pytest.raises(OSError, match="disk gone"):
+        save(tmp_path, parts, 2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step2"]
+    assert (tmp_path / "step2" / "model.safetensors").read_bytes() == old_weights
+    assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [2]
+    new_weights = (save(tmp_path, parts, 2) / "model.safetensors").read_bytes()
+    assert new_weights != old_weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step2"]
+
+
+def test_a_checkpoint_moved_aside_by_a_killed_run_is_put_back(tmp_path, parts):
+    save(tmp_path, parts, 1)
+    os.replace(tmp_path / "step1", tmp_path / ".step1.old-999999")  # killed before the new
+    save(tmp_path, parts, 3)
+    (tmp_path / ".step3.old-999998").mkdir()  # killed while deleting the old one
+    ckpt.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step1", "step3"]
+    assert ckpt.list_checkpoints(tmp_path, with_trainer_state=True) == [1, 3]
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_trainer_state_is_loaded_with_weights_only(tmp_path, parts):
     path = save(tmp_path, parts, 1)
