@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmsuite import durable
 from lmsuite.config import save_suite
 from lmsuite.data.build import build_data
 from lmsuite.data.indexed import IndexedDataset
@@ -207,6 +209,29 @@ def test_a_dataset_is_on_disk_before_its_rename_makes_it_visible(tmp_path, monke
     build_data(small_suite(documents=300), out, progress=False)
     for name in ("standard", "deduped"):
         assert_on_disk_before_renamed(events, out / name)
+
+
+def test_a_forced_rebuild_that_fails_at_the_last_rename_keeps_the_old_dataset_whole(
+        tmp_path, monkeypatch):
+    suite, out = small_suite(documents=300), tmp_path / "data"
+    build_data(suite, out, progress=False)
+    before = folder_bytes(out / "standard")
+    real_replace = os.replace
+
+    def fail_on_the_new_standard(src, dst):
+        if Path(src).parent.name == ".build" and Path(src).name == "standard":
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(durable.os, "replace", fail_on_the_new_standard)
+    with pytest.raises(OSError, match="disk gone"):
+        build_data(suite, out, force=True, progress=False)
+    monkeypatch.undo()
+    assert folder_bytes(out / "standard") == before
+    assert not list(out.glob(".*.old-*"))
+    build_data(suite, out, force=True, progress=False)
+    assert folder_bytes(out / "standard") == before  # the same settings: the same bytes
+    assert not list(out.glob(".*.old-*")) and not (out / ".build").exists()
 
 
 def test_builds_started_at_once_build_once(tmp_path):

@@ -32,7 +32,7 @@ from lmsuite.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from lmsuite.durable import fsync, fsync_tree
+from lmsuite.durable import fsync, fsync_tree, put_back_moved_aside, replace_folder
 from lmsuite.errors import LmsuiteError
 
 DATASETS = ("standard", "deduped")
@@ -148,6 +148,7 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
     if not force and _complete(out, suite, total_samples):
         return out / "standard", out / "deduped"
     with _build_lock(out):
+        put_back_moved_aside(out)  # a build killed while it put its folders in place
         if not force and _complete(out, suite, total_samples):  # built while this waited
             return out / "standard", out / "deduped"
         partial = PartialBuild.open(out / PARTIAL, _identity(suite, params), fresh=force)
@@ -245,13 +246,9 @@ def _build(suite: SuiteConfig, out: Path, partial: PartialBuild, params: dict,
     # their files are on disk (a machine that goes down leaves no complete-looking dataset).
     fsync_tree(tmp)
     if synthetic_meta is not None:
-        target = out / "synthetic"
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp / "synthetic", target)
+        replace_folder(tmp / "synthetic", out / "synthetic")
     for name in DATASETS:
-        shutil.rmtree(out / name, ignore_errors=True)
-        os.replace(folders[name], out / name)
-    fsync(out)
+        replace_folder(folders[name], out / name)
     return out / "standard", out / "deduped"
 
 

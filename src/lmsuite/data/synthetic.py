@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lmsuite.config import SyntheticConfig
+from lmsuite.durable import replace_folder
 from lmsuite.errors import LmsuiteError
 
 MALE_NAMES = ["James", "John", "Robert", "Michael", "David", "William", "Richard", "Joseph",
@@ -389,7 +390,6 @@ def write_corpus(out: str | os.PathLike, cfg: SyntheticConfig, documents: int, s
     with tmp_out.open("w", encoding="utf-8") as f:
         for text in texts:
             f.write(dump({"text": text}) + "\n")
-    shutil.rmtree(meta_dir, ignore_errors=True)
-    os.replace(tmp_dir, meta_dir)
+    replace_folder(tmp_dir, meta_dir)
     os.replace(tmp_out, out)
     return meta_dir

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from lmsuite.durable import fsync, fsync_tree
+from lmsuite.durable import fsync_tree, put_back_moved_aside, replace_folder
 from lmsuite.errors import DataFormatError, LmsuiteError
 from lmsuite.model.hf import list_steps, read_weights, save_weights
 from lmsuite.model.neox import NeoXConfig
@@ -52,30 +52,12 @@ def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConf
         torch.save(rng, trainer / "rng.pt")
         (trainer / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         fsync_tree(tmp)  # whole on disk before the rename makes it visible
-        replace_folder(tmp, final, model_dir / f".step{step}.old-{os.getpid()}")
+        # a step saved again (after a resume from an earlier one) replaces the old whole
+        replace_folder(tmp, final)
     except BaseException:  # an error, Ctrl-C or SIGTERM: leave nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def replace_folder(new: Path, final: Path, aside: Path) -> None:
-    """Rename `new` to `final`. A folder already at `final` (a step saved again after a resume
-    from an earlier one) is first renamed to `aside`, whole, and deleted only once the new one
-    is in place: deleting it first would leave half of it to a kill during the deletion. A
-    kill between the two renames leaves the old one at `aside`, which
-    `remove_stale_temporaries` puts back."""
-    moved = final.exists()
-    if moved:
-        os.replace(final, aside)
-    try:
-        os.replace(new, final)
-    except BaseException:
-        if moved:
-            os.replace(aside, final)
-        raise
-    fsync(final.parent)  # the renames themselves
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def drop_trainer_state(model_dir: Path, keep: int) -> None:
@@ -107,15 +89,10 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
 
 def remove_stale_temporaries(model_dir: Path) -> None:
     """Delete half-written checkpoints left by a killed run, and put back a checkpoint it had
-    moved aside to save the same step again (see `replace_folder`) but not yet replaced."""
+    moved aside to save the same step again (`durable.replace_folder`)."""
     for tmp in model_dir.glob(".step*.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
-    for aside in model_dir.glob(".step*.old-*"):
-        final = model_dir / aside.name[1:].split(".old-")[0]
-        if final.exists():  # the new one was in place: the kill came during the deletion
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(aside, final)
+    put_back_moved_aside(model_dir)
 
 
 class ModelLock:

@@ -1,0 +1,49 @@
+import os
+
+import pytest
+
+from lmsuite import durable
+from lmsuite.durable import put_back_moved_aside, replace_folder
+
+
+def make(folder, text):
+    folder.mkdir()
+    (folder / "a.txt").write_text(text)
+    (folder / "b.txt").write_text(text)
+    return folder
+
+
+def test_replace_folder_puts_the_new_in_place_and_leaves_nothing_aside(tmp_path):
+    make(tmp_path / "final", "old")
+    replace_folder(make(tmp_path / "new", "new"), tmp_path / "final")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert (tmp_path / "final" / "a.txt").read_text() == "new"
+
+
+def test_a_failed_last_rename_leaves_the_old_folder_whole(tmp_path, monkeypatch):
+    make(tmp_path / "final", "old")
+    make(tmp_path / "new", "new")
+    real_replace = os.replace
+
+    def fail_on_the_new(src, dst):
+        if src == tmp_path / "new":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(durable.os, "replace", fail_on_the_new)
+    with pytest.raises(KeyboardInterrupt):
+        replace_folder(tmp_path / "new", tmp_path / "final")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "new"]
+    assert [(tmp_path / "final" / n).read_text() for n in ("a.txt", "b.txt")] == ["old", "old"]
+
+
+def test_a_folder_left_aside_by_a_kill_is_put_back_or_dropped(tmp_path):
+    # Killed between the two renames: the old folder is aside and nothing is in its place.
+    make(tmp_path / ".data.old-999999", "old")
+    # Killed while deleting the old folder: the new one is in place.
+    make(tmp_path / "step2", "new")
+    make(tmp_path / ".step2.old-999998", "old")
+    put_back_moved_aside(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "step2"]
+    assert (tmp_path / "data" / "a.txt").read_text() == "old"
+    assert (tmp_path / "step2" / "a.txt").read_text() == "new"
