@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from lmsuite.config import save_suite
 from lmsuite.data.order import batch_at
 from lmsuite.model import read_model_config
+from lmsuite.train.checkpoint import list_checkpoints
 from lmsuite.train.trainer import Trainer
 from tests.conftest import (
     assert_weights_close,
@@ -85,3 +87,29 @@ def test_torchrun_fsdp_matches_one_process(built_data, tmp_path):
     cfg = read_model_config(single / "s1" / "step10")
     for step in (0, 4, 10):
         assert_weights_close(weights(single, step), weights(sharded, step), cfg)
+
+
+def test_a_run_resumes_under_another_world_size_with_fsdp(built_data, tmp_path):
+    # A job restarted on another number of devices: a checkpoint written by one process
+    # resumes under two sharded ones and ends where one process training straight does.
+    suite = training_suite(built_data, steps=10, micro_batch_size=4)
+    config = tmp_path / "suite.toml"
+    save_suite(suite, config)
+    single = run_dir_with_data(built_data, tmp_path / "single")
+    Trainer(suite, "s1", "standard", single, progress=False).run()
+    resumed = run_dir_with_data(built_data, tmp_path / "resumed")
+    shutil.copytree(single / "s1", resumed / "s1")
+    for step in list_checkpoints(resumed / "s1"):
+        if step > 4:  # as if killed after step 4's checkpoint
+            shutil.rmtree(resumed / "s1" / f"step{step}")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", str(free_port()), "-m", "lmsuite", "train", str(config),
+                    "--model", "s1", "--out", str(resumed), "--fsdp", "--resume",
+                    "--no-progress"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cfg = read_model_config(single / "s1" / "step10")
+    assert list_checkpoints(resumed / "s1") == list_checkpoints(single / "s1")
+    for step in (8, 10):
+        assert_weights_close(weights(single, step), weights(resumed, step), cfg)
+    steps = [json.loads(line)["step"] for line in
+             (resumed / "s1" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10))  # one row per step, the re-trained ones once
