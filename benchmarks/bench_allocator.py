@@ -11,7 +11,7 @@ import time
 WORKER = """
 import sys, time, torch
 if sys.argv[1] == "keep":
-    from lmsuite.train.allocator import keep_freed_memory
+    from lmsuite.allocator import keep_freed_memory
     assert keep_freed_memory()
 torch.set_num_threads(2)
 best = 1e9

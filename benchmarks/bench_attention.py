@@ -13,9 +13,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lmsuite.allocator import keep_freed_memory
 from lmsuite.model.cpu_kernels import fused_attention
 from lmsuite.model.neox import apply_rotary, rotary_tables
-from lmsuite.train.allocator import keep_freed_memory
 
 SHAPES = [(16, 128, 8, 16), (8, 128, 4, 32), (4, 256, 8, 64), (4, 512, 8, 64), (2, 256, 8, 128)]
 

@@ -16,10 +16,10 @@ from contextlib import nullcontext
 
 import torch
 
+from lmsuite.allocator import keep_freed_memory
 from lmsuite.config import load_suite
 from lmsuite.model import cpu_kernels
 from lmsuite.model.neox import GPTNeoX, config_for_size
-from lmsuite.train.allocator import keep_freed_memory
 from lmsuite.train.trainer import make_optimizer
 
 

@@ -28,10 +28,10 @@ from types import SimpleNamespace
 import torch
 from bench_train import flops_per_token
 
+from lmsuite.allocator import keep_freed_memory
 from lmsuite.config import load_suite
 from lmsuite.model import cpu_kernels, neox
 from lmsuite.model.neox import GPTNeoX, config_for_size, rotary_tables
-from lmsuite.train.allocator import keep_freed_memory
 from lmsuite.train.trainer import make_optimizer
 
 

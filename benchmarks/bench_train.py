@@ -53,10 +53,10 @@ def worker(impl: str, config: str) -> None:
     training that size for that long (after warm-up steps the first time)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+    from lmsuite.allocator import keep_freed_memory
     from lmsuite.config import load_suite
     from lmsuite.model.hf import hf_config
     from lmsuite.model.neox import GPTNeoX, config_for_size
-    from lmsuite.train.allocator import keep_freed_memory
     from lmsuite.train.trainer import make_optimizer
 
     if impl in ("lmsuite", "transformers+alloc"):

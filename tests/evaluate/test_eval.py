@@ -80,6 +80,23 @@ def test_perplexity_matches_a_hand_computation(small_run):
     assert rows["bits_per_byte"] == pytest.approx(nll / math.log(2) / size, rel=1e-5)
 
 
+@pytest.mark.parametrize("task", [lambada, perplexity])
+def test_scores_do_not_depend_on_how_requests_and_logits_are_batched(small_run, monkeypatch,
+                                                                      task):
+    # Logits are computed at the scored positions only, gathered across a batch's rows and cut
+    # into chunks: tiny batches and chunks, crossing rows at every boundary, must agree.
+    from lmsuite.evaluate import scoring
+
+    ctx, _ = context(small_run[1])
+    whole = dict((m, v) for m, v, _ in task(ctx)[0])
+    monkeypatch.setattr(scoring, "BATCH_TOKENS", 100)
+    monkeypatch.setattr(scoring, "LOGIT_ROWS", 3)
+    cut = dict((m, v) for m, v, _ in task(ctx)[0])
+    assert cut.keys() == whole.keys()
+    for metric, value in whole.items():
+        assert cut[metric] == pytest.approx(value, rel=1e-5)
+
+
 def test_bias_probes_are_computed_from_pronoun_likelihoods(small_run):
     _, run_dir = small_run
     ctx, folder = context(run_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lmsuite.allocator import keep_freed_memory
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
 from lmsuite.evaluate.tasks import TASKS, Context, eval_items_dir, read_lambada
@@ -173,6 +174,7 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
 
         check_harness_tasks(harness, data_dir)
     store = ResultStore(results or default_results)
+    keep_freed_memory()  # each batch's activations and logits reuse the last one's pages
     # Rows on another LAMBADA file must not pass for rows on the built-in items.
     label = {t: t for t in tasks}
     if lambada_file is not None and "lambada" in label:

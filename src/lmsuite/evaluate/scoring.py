@@ -11,6 +11,8 @@ from lmsuite.model.neox import GPTNeoX, KVCache
 
 BATCH_TOKENS = 16384
 """Padded tokens per forward pass."""
+LOGIT_ROWS = 2048
+"""Positions whose logits over the vocabulary are computed at once."""
 
 
 @dataclass
@@ -41,32 +43,44 @@ def _batches(order: list[int], lengths: list[int]):
         yield batch
 
 
-def _forward(model: GPTNeoX, rows: list[list[int]]) -> torch.Tensor:
-    """Logits (batch, longest, vocab) of right-padded rows; causal attention keeps the padding
-    at the end from touching the real positions."""
+def _hidden_states(model: GPTNeoX, rows: list[list[int]]) -> torch.Tensor:
+    """The trunk's output (batch, longest, d_model) for right-padded rows; causal attention
+    keeps the padding at the end from touching the real positions."""
     device = next(model.parameters()).device
     longest = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), longest, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return model(ids.to(device)).float()
+    return model.hidden_states(ids.to(device))
 
 
 @torch.inference_mode()
 def score(model: GPTNeoX, inputs: list[list[int]], targets: list[list[int]]) -> list[Scored]:
     """For each request, the log-probabilities of `targets[i]`, predicted at the last
-    len(targets[i]) positions of `inputs[i]` (so targets[i][-1] follows inputs[i][-1])."""
+    len(targets[i]) positions of `inputs[i]` (so targets[i][-1] follows inputs[i][-1]).
+    Logits are computed at those positions only: the output layer over the whole vocabulary
+    is most of a small model's work, and a continuation is a few tokens of a long context."""
     lengths = [len(x) for x in inputs]
     order = sorted(range(len(inputs)), key=lambda i: -lengths[i])
     out: list[Scored | None] = [None] * len(inputs)
     for batch in _batches(order, lengths):
-        logits = _forward(model, [inputs[i] for i in batch])
-        for row, i in enumerate(batch):
-            n, end = len(targets[i]), lengths[i]
-            picked = logits[row, end - n:end]  # (n, vocab)
-            target = torch.tensor(targets[i], device=picked.device)
-            logp = torch.log_softmax(picked, dim=-1).gather(1, target[:, None])[:, 0]
-            out[i] = Scored(logp.tolist(), (picked.argmax(-1) == target).tolist())
+        hidden = _hidden_states(model, [inputs[i] for i in batch])
+        rows = torch.cat([torch.full((len(targets[i]),), row) for row, i in enumerate(batch)])
+        positions = torch.cat([torch.arange(lengths[i] - len(targets[i]), lengths[i])
+                               for i in batch])
+        picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]  # (targets, d)
+        target = torch.tensor([t for i in batch for t in targets[i]], device=picked.device)
+        logp, greedy = [], []
+        for chunk in range(0, len(target), LOGIT_ROWS):
+            logits = model.embed_out(picked[chunk:chunk + LOGIT_ROWS]).float()  # (rows, vocab)
+            want = target[chunk:chunk + LOGIT_ROWS]
+            logp += torch.log_softmax(logits, dim=-1).gather(1, want[:, None])[:, 0].tolist()
+            greedy += (logits.argmax(-1) == want).tolist()
+        start = 0
+        for i in batch:
+            end = start + len(targets[i])
+            out[i] = Scored(logp[start:end], greedy[start:end])
+            start = end
     return out  # type: ignore[return-value]
 
 

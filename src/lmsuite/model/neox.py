@@ -208,16 +208,10 @@ class GPTNeoX(nn.Module):
         if cfg.tie_embeddings:
             self.embed_out.weight = self.gpt_neox.embed_in.weight
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                cache: KVCache | None = None, padding: torch.Tensor | None = None):
-        """Logits (batch, seq, vocab); with `labels` (batch, seq), also the mean cross-entropy.
-
-        `labels[:, t]` is the token that should follow `input_ids[:, t]` (already shifted, as
-        a training sample's `[1:]`); positions labelled -100 are ignored.
-
-        For incremental decoding, `cache` holds the keys and values of earlier calls, and
-        `padding` (batch, past + seq) marks left-padding tokens that no position may attend to.
-        """
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                      padding: torch.Tensor | None = None) -> torch.Tensor:
+        """The trunk's output (batch, seq, d_model), after the final LayerNorm: what the output
+        layer turns into logits, for callers that need logits at a few positions only."""
         cfg = self.config
         t = input_ids.shape[1]
         start = 0 if cache is None else cache.length
@@ -232,9 +226,21 @@ class GPTNeoX(nn.Module):
             mask = attention_mask(padding, t, start)
         for i, layer in enumerate(self.gpt_neox.layers):
             x = layer(x, cos, sin, mask, None if cache is None else cache.layers[i])
-        logits = self.embed_out(self.gpt_neox.final_layer_norm(x))  # (batch, seq, vocab)
+        return self.gpt_neox.final_layer_norm(x)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                cache: KVCache | None = None, padding: torch.Tensor | None = None):
+        """Logits (batch, seq, vocab); with `labels` (batch, seq), also the mean cross-entropy.
+
+        `labels[:, t]` is the token that should follow `input_ids[:, t]` (already shifted, as
+        a training sample's `[1:]`); positions labelled -100 are ignored.
+
+        For incremental decoding, `cache` holds the keys and values of earlier calls, and
+        `padding` (batch, past + seq) marks left-padding tokens that no position may attend to.
+        """
+        logits = self.embed_out(self.hidden_states(input_ids, cache, padding))
         if labels is None:
-            return logits
+            return logits  # (batch, seq, vocab)
         # Half-precision logits are scored in fp32; float64 ones keep their precision.
         flat_logits = logits.flatten(0, 1)
         flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lmsuite import __version__
+from lmsuite.allocator import keep_freed_memory
 from lmsuite.config import ModelConfig, SuiteConfig, changed_settings
 from lmsuite.data.build import build_data
 from lmsuite.data.order import batch_at, read_manifest
@@ -26,7 +27,6 @@ from lmsuite.errors import LmsuiteError
 from lmsuite.model.hf import read_provenance
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size
 from lmsuite.train import distributed as dist
-from lmsuite.train.allocator import keep_freed_memory
 from lmsuite.train.checkpoint import (
     ModelLock,
     checkpoint_dir,
