@@ -125,14 +125,14 @@ def greedy_generate(model: GPTNeoX, prompts: list[list[int]], max_new_tokens: in
             padding[row, longest - lengths[i]:] = False
         ids, padding = ids.to(device), padding.to(device)
         cache = KVCache(model.config.layers)
-        logits = model(ids, cache=cache, padding=padding)
+        last = model.hidden_states(ids, cache=cache, padding=padding)[:, -1]  # (batch, d_model)
         generated = []
         for step in range(max_new_tokens):
-            token = logits[:, -1].argmax(-1)  # (batch,)
+            token = model.embed_out(last).argmax(-1)  # (batch,): logits at the last position
             generated.append(token)
             if step + 1 < max_new_tokens:
                 padding = torch.cat((padding, padding.new_zeros(len(batch), 1)), dim=1)
-                logits = model(token[:, None], cache=cache, padding=padding)
+                last = model.hidden_states(token[:, None], cache=cache, padding=padding)[:, -1]
         tokens = torch.stack(generated, dim=1).tolist()
         for row, i in enumerate(batch):
             out[i] = tokens[row]
