@@ -47,3 +47,14 @@ def test_a_folder_left_aside_by_a_kill_is_put_back_or_dropped(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "step2"]
     assert (tmp_path / "data" / "a.txt").read_text() == "old"
     assert (tmp_path / "step2" / "a.txt").read_text() == "new"
+
+
+def test_only_folders_moved_aside_by_lmsuite_are_touched(tmp_path):
+    (tmp_path / ".notes.old-draft").write_text("a user's file")  # not a pid: not ours
+    make(tmp_path / ".data.old-12", "old")
+    make(tmp_path / ".other.old-13", "old")
+    put_back_moved_aside(tmp_path, "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.old-draft", ".other.old-13",
+                                                          "data"]
+    put_back_moved_aside(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.old-draft", "data", "other"]

@@ -53,11 +53,14 @@ def replace_folder(new: str | os.PathLike, final: str | os.PathLike) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def put_back_moved_aside(parent: str | os.PathLike) -> None:
-    """After a kill inside `replace_folder` on a folder in `parent`: put an old folder back
-    where no new one took its place, and delete it where one did."""
-    for aside in Path(parent).glob(".*.old-*"):
-        final = aside.with_name(aside.name[1:].rsplit(".old-", 1)[0])
+def put_back_moved_aside(parent: str | os.PathLike, name: str = "*") -> None:
+    """After a kill inside `replace_folder` on folder `name` (any, by default) in `parent`: put
+    an old folder back where no new one took its place, and delete it where one did."""
+    for aside in Path(parent).glob(f".{name}.old-*"):
+        stem, pid = aside.name[1:].rsplit(".old-", 1)
+        if not (pid.isdigit() and aside.is_dir()):
+            continue  # not one of ours
+        final = aside.with_name(stem)
         if final.exists():
             shutil.rmtree(aside, ignore_errors=True)
         else:

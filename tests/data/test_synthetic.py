@@ -37,6 +37,18 @@ def test_same_seed_writes_byte_identical_files_and_another_seed_does_not(tmp_pat
             meta / "eval" / "lambada.jsonl", meta / "eval" / "qa.jsonl"} <= set(a)
 
 
+def test_writing_again_replaces_the_metadata_whole_even_after_a_killed_write(tmp_path):
+    cfg = SyntheticConfig(entities=50, eval_items=30)
+    out = tmp_path / "corpus.jsonl"
+    write_corpus(out, cfg, 800, 5)
+    meta = meta_folder(out)
+    meta.rename(tmp_path / ".corpus.meta.old-999999")  # killed between its two renames
+    write_corpus(out, cfg, 800, 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl", "corpus.meta"]
+    write_corpus(tmp_path / "again.jsonl", cfg, 800, 6)
+    assert folder_bytes(meta) == folder_bytes(meta_folder(tmp_path / "again.jsonl"))
+
+
 def without_tail(text):
     head, _, last = text.rpartition("\n")
     return head if last in NEAR_COPY_TAILS else text

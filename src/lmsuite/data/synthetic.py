@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lmsuite.config import SyntheticConfig
-from lmsuite.durable import replace_folder
+from lmsuite.durable import put_back_moved_aside, replace_folder
 from lmsuite.errors import LmsuiteError
 
 MALE_NAMES = ["James", "John", "Robert", "Michael", "David", "William", "Richard", "Joseph",
@@ -373,6 +373,7 @@ def write_corpus(out: str | os.PathLike, cfg: SyntheticConfig, documents: int, s
     texts, meta, truth, items = generate_corpus(cfg, documents, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta_dir = meta_folder(out)
+    put_back_moved_aside(meta_dir.parent, meta_dir.name)  # left by a write that was killed
     tmp_dir = meta_dir.with_name(f".{meta_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     (tmp_dir / "eval").mkdir(parents=True)
