@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
@@ -73,39 +74,46 @@ def test_two_processes_train_on_the_same_samples_as_one(built_data, tmp_path):
     assert len((double / "s1" / "metrics.jsonl").read_text().splitlines()) == 10
 
 
-def test_torchrun_fsdp_matches_one_process(built_data, tmp_path):
+@pytest.fixture(scope="module")
+def straight(built_data, tmp_path_factory):
+    """The suite file of s1 trained 10 steps in micro-batches of 4, and its run trained so by
+    one process."""
+    tmp = tmp_path_factory.mktemp("straight")
     suite = training_suite(built_data, steps=10, micro_batch_size=4)
-    config = tmp_path / "suite.toml"
+    config = tmp / "suite.toml"
     save_suite(suite, config)
-    single = run_dir_with_data(built_data, tmp_path / "single")
+    single = run_dir_with_data(built_data, tmp / "single")
     Trainer(suite, "s1", "standard", single, progress=False).run()
-    sharded = run_dir_with_data(built_data, tmp_path / "sharded")
+    return config, single
+
+
+def torchrun_fsdp(config, run_dir, *flags):
+    """`lmsuite train` of s1 under torchrun: two processes, the model sharded with FSDP2."""
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                     "--master_port", str(free_port()), "-m", "lmsuite", "train", str(config),
-                    "--model", "s1", "--out", str(sharded), "--fsdp", "--no-progress"],
+                    "--model", "s1", "--out", str(run_dir), "--fsdp", "--no-progress", *flags],
                    check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_torchrun_fsdp_matches_one_process(built_data, straight, tmp_path):
+    config, single = straight
+    sharded = run_dir_with_data(built_data, tmp_path / "sharded")
+    torchrun_fsdp(config, sharded)
     cfg = read_model_config(single / "s1" / "step10")
     for step in (0, 4, 10):
         assert_weights_close(weights(single, step), weights(sharded, step), cfg)
 
 
-def test_a_run_resumes_under_another_world_size_with_fsdp(built_data, tmp_path):
+def test_a_run_resumes_under_another_world_size_with_fsdp(built_data, straight, tmp_path):
     # A job restarted on another number of devices: a checkpoint written by one process
     # resumes under two sharded ones and ends where one process training straight does.
-    suite = training_suite(built_data, steps=10, micro_batch_size=4)
-    config = tmp_path / "suite.toml"
-    save_suite(suite, config)
-    single = run_dir_with_data(built_data, tmp_path / "single")
-    Trainer(suite, "s1", "standard", single, progress=False).run()
+    config, single = straight
     resumed = run_dir_with_data(built_data, tmp_path / "resumed")
     shutil.copytree(single / "s1", resumed / "s1")
     for step in list_checkpoints(resumed / "s1"):
         if step > 4:  # as if killed after step 4's checkpoint
             shutil.rmtree(resumed / "s1" / f"step{step}")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", str(free_port()), "-m", "lmsuite", "train", str(config),
-                    "--model", "s1", "--out", str(resumed), "--fsdp", "--resume",
-                    "--no-progress"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    torchrun_fsdp(config, resumed, "--resume")
     cfg = read_model_config(single / "s1" / "step10")
     assert list_checkpoints(resumed / "s1") == list_checkpoints(single / "s1")
     for step in (8, 10):
