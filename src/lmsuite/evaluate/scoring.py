@@ -59,7 +59,7 @@ def score(model: GPTNeoX, inputs: list[list[int]], targets: list[list[int]]) -> 
     """For each request, the log-probabilities of `targets[i]`, predicted at the last
     len(targets[i]) positions of `inputs[i]` (so targets[i][-1] follows inputs[i][-1]).
     Logits are computed at those positions only: the output layer over the whole vocabulary
-    is most of a small model's work, and a continuation is a few tokens of a long context."""
+    can be most of a small model's work, and a continuation is a few tokens of a long context."""
     lengths = [len(x) for x in inputs]
     order = sorted(range(len(inputs)), key=lambda i: -lengths[i])
     out: list[Scored | None] = [None] * len(inputs)
