@@ -6,7 +6,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from lmsuite import load_model, save_model
 from lmsuite.errors import DataFormatError
-from lmsuite.model.neox import GPTNeoX, NeoXConfig, generate
+from lmsuite.model.neox import GPTNeoX, KVCache, NeoXConfig, generate
 
 # Small shapes that exercise the layout: 25% rotary, odd rotary widths (head 20 -> 5 dims),
 # a vocabulary that is not a multiple of 128, sequential residual, tied embeddings, full rotary.
@@ -52,6 +52,24 @@ def test_transformers_model_loads_in_lmsuite_with_equal_logits(c, tmp_path):
         got = ours(tokens)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(loss, hf_loss(hf, tokens).detach(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("c", CONFIGS, ids=IDS)
+def test_decoding_through_the_key_value_cache_gives_transformers_logits(c, tmp_path):
+    # A prompt, then one token, then a chunk of several after the cached ones: each pass
+    # attends to everything cached, and together they give the logits of one whole pass.
+    torch.manual_seed(0)
+    hf = GPTNeoXForCausalLM(hf_config(c)).eval()
+    hf.save_pretrained(tmp_path)
+    ours = load_model(tmp_path)
+    tokens = random_tokens(c["vocab_size"], seed=3)
+    cache = KVCache(ours.config.layers)
+    with torch.no_grad():
+        expected = hf(input_ids=tokens).logits
+        got = torch.cat([ours(tokens[:, a:b], cache=cache)
+                         for a, b in ((0, 8), (8, 9), (9, 13), (13, 17))], dim=1)
+    assert cache.length == tokens.shape[1]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("c", CONFIGS, ids=IDS)
