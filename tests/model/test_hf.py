@@ -39,12 +39,17 @@ def hf_loss(hf: GPTNeoXForCausalLM, tokens: torch.Tensor) -> torch.Tensor:
     return hf(input_ids=tokens, labels=tokens).loss
 
 
-@pytest.mark.parametrize("c", CONFIGS, ids=IDS)
-def test_transformers_model_loads_in_lmsuite_with_equal_logits(c, tmp_path):
+def saved_by_transformers(c: dict, folder):
+    """A random transformers model of config `c`, saved to `folder`, and lmsuite's load of it."""
     torch.manual_seed(0)
     hf = GPTNeoXForCausalLM(hf_config(c)).eval()
-    hf.save_pretrained(tmp_path)
-    ours = load_model(tmp_path)
+    hf.save_pretrained(folder)
+    return hf, load_model(folder)
+
+
+@pytest.mark.parametrize("c", CONFIGS, ids=IDS)
+def test_transformers_model_loads_in_lmsuite_with_equal_logits(c, tmp_path):
+    hf, ours = saved_by_transformers(c, tmp_path)
     tokens = random_tokens(c["vocab_size"])
     with torch.no_grad():
         expected = hf(input_ids=tokens).logits
@@ -58,10 +63,7 @@ def test_transformers_model_loads_in_lmsuite_with_equal_logits(c, tmp_path):
 def test_decoding_through_the_key_value_cache_gives_transformers_logits(c, tmp_path):
     # A prompt, then one token, then a chunk of several after the cached ones: each pass
     # attends to everything cached, and together they give the logits of one whole pass.
-    torch.manual_seed(0)
-    hf = GPTNeoXForCausalLM(hf_config(c)).eval()
-    hf.save_pretrained(tmp_path)
-    ours = load_model(tmp_path)
+    hf, ours = saved_by_transformers(c, tmp_path)
     tokens = random_tokens(c["vocab_size"], seed=3)
     cache = KVCache(ours.config.layers)
     with torch.no_grad():
