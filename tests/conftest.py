@@ -78,16 +78,23 @@ def run_dir_with_data(built, path):
 
 
 def assert_weights_close(a: dict, b: dict, cfg, rel: float = 1e-5) -> None:
-    """Equal to float rounding: per tensor, ||a - b|| <= rel * ||a||.
+    """Equal to float rounding: ||a - b|| <= rel * ||a|| over all the weights, and within
+    10 * rel for each tensor.
+
+    Adam divides each gradient by its own running scale, so an element whose gradient is near
+    zero takes full-size steps in the direction of its rounding noise; one such element can
+    carry a tensor past rel on its own (in one run, one element of the input embedding ended
+    1.6e-4 apart, where every other row of it was within 5e-7). A wrong sample or a wrong
+    gradient moves the weights by far more than 10 * rel.
 
     One part of the weights is left out: the key bias outside the rotary dimensions adds the
     same q.b to every score of a query, which softmax ignores, so its true gradient is zero
-    and its rounding noise, which Adam scales to full-size steps, drifts freely without
-    changing what the model computes. (Element-wise bounds fail for the same reason.)
+    and its rounding noise drifts freely without changing what the model computes.
     """
     assert a.keys() == b.keys()
     head = cfg.d_model // cfg.heads
     rotated = 2 * -(-cfg.rotary_dims // 2)
+    diff_sq = norm_sq = 0.0
     for key in a:
         x, y = a[key].double(), b[key].double()
         if key.endswith("attention.query_key_value.bias"):
@@ -95,7 +102,12 @@ def assert_weights_close(a: dict, b: dict, cfg, rel: float = 1e-5) -> None:
             keep[:, 1, rotated:] = False
             x, y = x[keep.flatten()], y[keep.flatten()]
         diff = (x - y).norm().item()
-        assert diff <= rel * x.norm().item(), f"{key}: |a-b| = {diff:.3g}, |a| = {x.norm():.3g}"
+        assert diff <= 10 * rel * x.norm().item(), (
+            f"{key}: |a-b| = {diff:.3g}, |a| = {x.norm():.3g}")
+        diff_sq += diff**2
+        norm_sq += x.norm().item() ** 2
+    total, size = diff_sq**0.5, norm_sq**0.5
+    assert total <= rel * size, f"all weights: |a-b| = {total:.3g}, |a| = {size:.3g}"
 
 
 @pytest.fixture(scope="session")
