@@ -112,21 +112,43 @@ def _unfilled() -> Iterator[None]:
         deterministic.fill_uninitialized_memory = saved
 
 
+def attention_forward(qkv, cos, sin, heads, backward, lib):
+    """The attention kernel's forward pass: (output, the probabilities kept for the backward
+    pass or None, the scale of the scores)."""
+    b, t, width = qkv.shape
+    head_dim = width // (3 * heads)
+    t8 = -(-t // 8) * 8
+    with _unfilled():
+        res = qkv.new_empty(b, t, heads * head_dim)
+        # the softmax probabilities, for the backward pass only
+        probs = qkv.new_empty(b, heads, t8, t8) if backward else None
+    scale = 1.0 / math.sqrt(head_dim)
+    if lib.attention_forward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), res.data_ptr(),
+                             None if probs is None else probs.data_ptr(), b, t, heads,
+                             cos.shape[-1], scale, torch.get_num_threads()):
+        raise MemoryError("attention kernel: out of memory for its scratch buffers")
+    return res, probs, scale
+
+
+def attention_backward(qkv, cos, sin, res, probs, grad, heads, scale, lib):
+    """The gradient of attention_forward's output, `grad`, -> the gradient of qkv."""
+    if _without_storage(grad):
+        return _attention_backward_pytorch(qkv, cos, sin, probs, grad, heads, scale)
+    grad = grad.contiguous()
+    with _unfilled():
+        dqkv = torch.empty_like(qkv)
+    b, t, _ = qkv.shape
+    if lib.attention_backward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), res.data_ptr(),
+                              grad.data_ptr(), probs.data_ptr(), dqkv.data_ptr(), b, t, heads,
+                              cos.shape[-1], scale, torch.get_num_threads()):
+        raise MemoryError("attention kernel: out of memory for its scratch buffers")
+    return dqkv
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, cos, sin, heads, backward, lib):
-        b, t, width = qkv.shape
-        head_dim = width // (3 * heads)
-        t8 = -(-t // 8) * 8
-        with _unfilled():
-            res = qkv.new_empty(b, t, heads * head_dim)
-            # the softmax probabilities, for the backward pass only
-            probs = qkv.new_empty(b, heads, t8, t8) if backward else None
-        scale = 1.0 / math.sqrt(head_dim)
-        if lib.attention_forward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), res.data_ptr(),
-                                 None if probs is None else probs.data_ptr(), b, t, heads,
-                                 cos.shape[-1], scale, torch.get_num_threads()):
-            raise MemoryError("attention kernel: out of memory for its scratch buffers")
+        res, probs, scale = attention_forward(qkv, cos, sin, heads, backward, lib)
         ctx.save_for_backward(qkv, cos, sin, res, probs)
         ctx.heads, ctx.lib, ctx.scale = heads, lib, scale
         return res
@@ -135,18 +157,7 @@ class _Attention(torch.autograd.Function):
     def backward(ctx, grad):
         _first_order_only()
         qkv, cos, sin, res, probs = ctx.saved_tensors
-        if _without_storage(grad):
-            dqkv = _attention_backward_pytorch(qkv, cos, sin, probs, grad, ctx.heads, ctx.scale)
-            return dqkv, None, None, None, None, None
-        grad = grad.contiguous()
-        with _unfilled():
-            dqkv = torch.empty_like(qkv)
-        b, t, _ = qkv.shape
-        if ctx.lib.attention_backward(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                                      res.data_ptr(), grad.data_ptr(), probs.data_ptr(),
-                                      dqkv.data_ptr(), b, t, ctx.heads, cos.shape[-1], ctx.scale,
-                                      torch.get_num_threads()):
-            raise MemoryError("attention kernel: out of memory for its scratch buffers")
+        dqkv = attention_backward(qkv, cos, sin, res, probs, grad, ctx.heads, ctx.scale, ctx.lib)
         return dqkv, None, None, None, None, None
 
 
@@ -254,16 +265,22 @@ def fused_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     return _CrossEntropy.apply(logits.contiguous(), labels.contiguous(), ignore_index, lib)
 
 
+def gelu_forward(x, backward, lib):
+    """The GELU kernel: (gelu(x), gelu'(x) when a backward pass follows, else None)."""
+    with _unfilled():
+        y = torch.empty_like(x)
+        # gelu'(x), computed with y from the same erf and exp, when a backward pass follows
+        derivative = torch.empty_like(x) if backward else None
+    lib.gelu_forward(x.data_ptr(), y.data_ptr(),
+                     None if derivative is None else derivative.data_ptr(), x.numel(),
+                     torch.get_num_threads())
+    return y, derivative
+
+
 class _Gelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, backward, lib):
-        with _unfilled():
-            y = torch.empty_like(x)
-            # gelu'(x), computed with y from the same erf and exp, when a backward pass follows
-            derivative = torch.empty_like(x) if backward else None
-        lib.gelu_forward(x.data_ptr(), y.data_ptr(),
-                         None if derivative is None else derivative.data_ptr(), x.numel(),
-                         torch.get_num_threads())
+        y, derivative = gelu_forward(x, backward, lib)
         ctx.save_for_backward(derivative)
         return y
 
@@ -288,27 +305,54 @@ def fused_gelu(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _hooked(module: torch.nn.Module) -> bool:
-    """Whether calling the module would run hooks (a researcher's probe on its output), which
-    a kernel standing in for the module would skip."""
+    """Whether calling the module would run hooks (a researcher's probe on its output or its
+    gradient), which a kernel standing in for the module would skip."""
     hooks = torch.nn.modules.module
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or hooks._global_forward_hooks
+                or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks)
 
 
 _LN_CHUNK = 64  # rows per partial sum of the weight and bias gradients (CHUNK in layer_norm.c)
 
 
+def layer_norm_pair_forward(x, w1, b1, w2, b2, eps, lib):
+    """The LayerNorm pair kernel over x's rows: (first output, second output, each row's mean,
+    each row's 1 / standard deviation)."""
+    d = x.shape[-1]
+    n = x.numel() // d
+    with _unfilled():
+        y1, y2 = torch.empty_like(x), torch.empty_like(x)
+        mean, rstd = x.new_empty(n), x.new_empty(n)
+    lib.layer_norm_pair_forward(x.data_ptr(), w1.data_ptr(), b1.data_ptr(), w2.data_ptr(),
+                                b2.data_ptr(), y1.data_ptr(), y2.data_ptr(), mean.data_ptr(),
+                                rstd.data_ptr(), n, d, eps, torch.get_num_threads())
+    return y1, y2, mean, rstd
+
+
+def layer_norm_pair_backward(x, w1, w2, mean, rstd, g1, g2, lib):
+    """The gradients g1, g2 of the pair's two outputs -> dx, dw1, db1, dw2, db2."""
+    if _without_storage(g1) or _without_storage(g2):
+        return _layer_norm_pair_backward_pytorch(x, w1, w2, mean, rstd, g1, g2)
+    g1, g2 = g1.contiguous(), g2.contiguous()
+    d = x.shape[-1]
+    n = x.numel() // d
+    with _unfilled():
+        dx = torch.empty_like(x)
+        grads = x.new_empty(4, d)
+        partial = x.new_empty(-(-n // _LN_CHUNK), 4, d)
+    lib.layer_norm_pair_backward(x.data_ptr(), w1.data_ptr(), w2.data_ptr(), mean.data_ptr(),
+                                 rstd.data_ptr(), g1.data_ptr(), g2.data_ptr(), dx.data_ptr(),
+                                 grads.data_ptr(), partial.data_ptr(), n, d,
+                                 torch.get_num_threads())
+    return dx, grads[0], grads[1], grads[2], grads[3]
+
+
 class _LayerNormPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, eps, lib):
-        d = x.shape[-1]
-        n = x.numel() // d
-        with _unfilled():
-            y1, y2 = torch.empty_like(x), torch.empty_like(x)
-            mean, rstd = x.new_empty(n), x.new_empty(n)
-        lib.layer_norm_pair_forward(x.data_ptr(), w1.data_ptr(), b1.data_ptr(), w2.data_ptr(),
-                                    b2.data_ptr(), y1.data_ptr(), y2.data_ptr(), mean.data_ptr(),
-                                    rstd.data_ptr(), n, d, eps, torch.get_num_threads())
+        y1, y2, mean, rstd = layer_norm_pair_forward(x, w1, b1, w2, b2, eps, lib)
         ctx.save_for_backward(x, w1, w2, mean, rstd)
         ctx.lib = lib
         return y1, y2
@@ -317,21 +361,7 @@ class _LayerNormPair(torch.autograd.Function):
     def backward(ctx, g1, g2):
         _first_order_only()
         x, w1, w2, mean, rstd = ctx.saved_tensors
-        if _without_storage(g1) or _without_storage(g2):
-            return (*_layer_norm_pair_backward_pytorch(x, w1, w2, mean, rstd, g1, g2), None,
-                    None)
-        g1, g2 = g1.contiguous(), g2.contiguous()
-        d = x.shape[-1]
-        n = x.numel() // d
-        with _unfilled():
-            dx = torch.empty_like(x)
-            grads = x.new_empty(4, d)
-            partial = x.new_empty(-(-n // _LN_CHUNK), 4, d)
-        ctx.lib.layer_norm_pair_backward(x.data_ptr(), w1.data_ptr(), w2.data_ptr(),
-                                         mean.data_ptr(), rstd.data_ptr(), g1.data_ptr(),
-                                         g2.data_ptr(), dx.data_ptr(), grads.data_ptr(),
-                                         partial.data_ptr(), n, d, torch.get_num_threads())
-        return dx, grads[0], grads[1], grads[2], grads[3], None, None
+        return (*layer_norm_pair_backward(x, w1, w2, mean, rstd, g1, g2, ctx.lib), None, None)
 
 
 def _layer_norm_pair_backward_pytorch(x, w1, w2, mean, rstd, g1, g2):
