@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmsuite.config import ModelConfig
+from lmsuite.model.cpu_block import fused_parallel_block
 from lmsuite.model.cpu_kernels import (
     fused_attention,
     fused_cross_entropy,
@@ -105,6 +106,10 @@ class NeoXLayer(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
         if self.parallel_residual:
+            if mask is None and kv is None:  # training on CPU: the layer in one autograd step
+                out = fused_parallel_block(self, x, cos, sin)
+                if out is not None:
+                    return out
             pair = fused_layer_norm_pair(x, self.input_layernorm, self.post_attention_layernorm)
             if pair is None:
                 pair = self.input_layernorm(x), self.post_attention_layernorm(x)
