@@ -96,3 +96,17 @@ def test_second_order_gradients_through_the_fused_layer_are_refused(block_kernel
     x = torch.randn(2, 9, 32, requires_grad=True)
     with pytest.raises(RuntimeError, match=r"first-order gradients only"):
         torch.autograd.grad(layer(x, cos, sin).square().sum(), x, create_graph=True)
+
+
+def test_input_gradients_through_a_frozen_fused_layer_match_its_modules(block_kernels):
+    # Saliency on a frozen model: only x needs a gradient, and the weights' products are skipped.
+    layer = make_layer(32, 2).requires_grad_(False)
+    reference = copy.deepcopy(layer).double()
+    x, grad = torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    cos, sin = rotary_tables(9, 4, 10000.0)
+    out, dx, grads = run(layer, x, cos, sin, grad)
+    assert type(out.grad_fn).__name__ == "_ParallelBlockBackward"
+    assert all(g is None for g in grads.values())
+    with cpu_kernels.disabled():
+        _, dx_ref, _ = run(reference, x.double(), cos.double(), sin.double(), grad.double())
+    torch.testing.assert_close(dx.double(), dx_ref, atol=1e-5, rtol=1e-4)

@@ -61,10 +61,16 @@ class _ParallelBlock(torch.autograd.Function):
         (rows, cos, sin, ln1_w, ln2_w, mean, rstd, p1, p2, qkv, y, probs, a, derivative, qkv_w,
          dense_w, up_w, down_w) = ctx.saved_tensors
         attention_lib, _, norm_lib = ctx.libs
+        need = ctx.needs_input_grad  # a frozen weight's product is skipped (input saliency)
+
+        def weight_grad(i, grad_out, inputs):  # (out_features, in_features)
+            return grad_out.t() @ inputs if need[i] else None
+
+        def bias_grad(i, grad_out):
+            return grad_out.sum(0) if need[i] else None
+
         b, t, d = grad.shape
         g = grad.reshape(b * t, d)
-        out_bias = g.sum(0)  # the gradient of both output biases
-        dense_w_grad, down_w_grad = g.t() @ y, g.t() @ a
         dh = (g @ down_w).mul_(derivative)  # (rows, d_ff): a new product, so changed in place
         dqkv = attention_backward(qkv.view(b, t, 3 * d), cos, sin, y.view(b, t, d), probs,
                                   (g @ dense_w).view(b, t, d), ctx.heads, ctx.scale,
@@ -72,10 +78,13 @@ class _ParallelBlock(torch.autograd.Function):
         dx, ln1_w_grad, ln1_b_grad, ln2_w_grad, ln2_b_grad = layer_norm_pair_backward(
             rows, ln1_w, ln2_w, mean, rstd, dqkv @ qkv_w, dh @ up_w, norm_lib)
         dx.add_(g)  # the residual stream's own gradient
+        out_bias = g.sum(0)  # the gradient of both output biases, handed out as two tensors
         return (dx.view(b, t, d), None, None, None, None, None,
                 ln1_w_grad, ln1_b_grad, ln2_w_grad, ln2_b_grad,
-                dqkv.t() @ p1, dqkv.sum(0), dense_w_grad, out_bias,
-                dh.t() @ p2, dh.sum(0), down_w_grad, out_bias.clone())
+                weight_grad(10, dqkv, p1), bias_grad(11, dqkv),
+                weight_grad(12, g, y), out_bias if need[13] else None,
+                weight_grad(14, dh, p2), bias_grad(15, dh),
+                weight_grad(16, g, a), out_bias.clone() if need[17] else None)
 
 
 def _parameters(layer: torch.nn.Module) -> list[torch.Tensor | None]:
