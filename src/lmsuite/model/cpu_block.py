@@ -104,9 +104,9 @@ def fused_parallel_block(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Ten
     params = _parameters(layer)
     heads = layer.attention.heads
     if (_off() or not torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
-            or not (x.requires_grad or any(p is not None and p.requires_grad for p in params))
             or any(p is None or p.dtype != torch.float32 or p.device.type != "cpu"
                    for p in params)
+            or not (x.requires_grad or any(p.requires_grad for p in params))
             or any(_hooked(m) for m in layer.modules() if m is not layer)
             or x.device.type != "cpu" or x.dtype != torch.float32 or cos.dtype != torch.float32
             or layer.mlp.approximate != "none" or d % 8 or t > MAX_SEQ
