@@ -283,6 +283,8 @@ def test_harness_lambada_equals_lmsuite_lambada(small_run, tmp_path):
     assert theirs["value"] == pytest.approx(ours["value"], abs=1e-4)
     assert rows[("harness:lmsuite_lambada", "perplexity")]["value"] == pytest.approx(
         rows[("lambada", "ppl")]["value"], rel=1e-4)
+    # the harness's results also hold its sample count (`sample_len`), which is no metric
+    assert {m for t, m in rows if t == "harness:lmsuite_lambada"} == {"acc", "perplexity"}
 
 
 def test_a_harness_task_that_cannot_run_is_refused_before_anything_runs(small_run, tmp_path):

@@ -93,7 +93,8 @@ def run_harness(folder: Path, task: str, data_dir: Path | None,
     rows = []
     for key, value in sorted(out["results"][task].items()):
         metric, _, _ = key.partition(",")
-        if metric == "alias" or metric.endswith("_stderr") or not isinstance(value, int | float):
-            continue
+        if (metric in ("alias", "sample_len") or metric.endswith("_stderr")
+                or not isinstance(value, int | float)):
+            continue  # sample_len is the item count, which every row carries as n
         rows.append((metric, float(value), n))
     return rows
