@@ -1,66 +1,27 @@
-"""Builds lmsuite's C kernels (`csrc/`) once per machine into a cache, and loads them.
+"""Builds lmsuite's C kernels (`csrc/`) once per machine into a cache (`lmsuite.native`), and
+loads them.
 
-A kernel is compiled per machine, compiler and shape parameter into the cache folder
-(`$LMSUITE_CACHE`, else `$XDG_CACHE_HOME/lmsuite`, else `~/.cache/lmsuite`), written
-atomically, with `-march=native` and OpenMP, and loaded with ctypes only where it runs on
-PyTorch's own OpenMP runtime. Where that cannot be done, a loader returns None (with a warning
-saying why) and `cpu_kernels` uses PyTorch's operations.
+Each kernel is compiled with OpenMP and loaded with ctypes only where it runs on PyTorch's own
+OpenMP runtime. Where that cannot be done, a loader returns None (with a warning saying why)
+and `cpu_kernels` uses PyTorch's operations.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
 
-from lmsuite.durable import fsync
-
-SOURCES = Path(__file__).parent / "csrc"
+from lmsuite.native import build
 
 
 def enabled() -> bool:
     """False when the environment turns the kernels off (LMSUITE_CPU_KERNELS=0)."""
     return os.environ.get("LMSUITE_CPU_KERNELS", "1") != "0"
-
-
-def cache_dir() -> Path:
-    """Where built kernels are kept."""
-    root = os.environ.get("LMSUITE_CACHE")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        root = os.path.join(base, "lmsuite")
-    return Path(root) / "kernels"
-
-
-def _cpu_identity() -> str:
-    """What -march=native depends on: the CPU model and its instruction-set flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(dict.fromkeys(lines))
-
-
-def _compiler() -> tuple[str, str] | None:
-    """(path, version text) of the C compiler ($CC, else cc), or None when there is none."""
-    path = shutil.which(os.environ.get("CC", "cc"))
-    if path is None:
-        return None
-    try:
-        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (path, proc.stdout) if proc.returncode == 0 else None
 
 
 def _openmp_runtimes() -> set[str]:
@@ -72,49 +33,6 @@ def _openmp_runtimes() -> set[str]:
     names = ("libgomp", "libiomp", "libomp")
     return {line.split()[-1] for line in maps.splitlines()
             if any(n in line.rsplit("/", 1)[-1] for n in names)}
-
-
-def build(name: str, defines: dict[str, int]) -> Path | None:
-    """Compile csrc/<name>.c with `defines` into the cache (once); the library's path, or None
-    (with a warning) when it cannot be built."""
-    compiler = _compiler()
-    if compiler is None:
-        warnings.warn("lmsuite: no C compiler (cc or $CC) found; using PyTorch's operations, "
-                      "which are slower on CPU", stacklevel=3)
-        return None
-    cc, version = compiler
-    source = SOURCES / f"{name}.c"
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp",
-             *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
-    headers = [h.read_text() for h in sorted(SOURCES.glob("*.h"))]
-    key = hashlib.sha256("\0".join([source.read_text(), *headers, *flags, version,
-                                    _cpu_identity(), platform.machine()]).encode()).hexdigest()[:16]
-    tag = "".join(f"-{k.lower()}{v}" for k, v in sorted(defines.items()))
-    out = cache_dir() / f"{name}{tag}-{key}.so"
-    if out.exists():
-        return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as err:
-        warnings.warn(f"lmsuite: cannot write the kernel cache {out.parent} ({err}); using "
-                      "PyTorch's operations, which are slower on CPU", stacklevel=3)
-        return None
-    try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(source), "-lm"],
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            warnings.warn(f"lmsuite: building {source.name} with {cc} failed ({detail}); "
-                          "using PyTorch's operations, which are slower on CPU", stacklevel=3)
-            return None
-        fsync(tmp)  # on disk before it is renamed into place
-        os.replace(tmp, out)  # another process building the same file at once is harmless
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
 
 
 _PTR, _I32, _I64, _LONG, _F32 = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_long,
