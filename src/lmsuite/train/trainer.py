@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmsuite import __version__
+from lmsuite import __version__, blas
 from lmsuite.allocator import keep_freed_memory
 from lmsuite.config import ModelConfig, SuiteConfig, changed_settings
 from lmsuite.data.build import build_data
@@ -204,6 +204,10 @@ class Trainer:
                                "train ...)")
         check_batch_split(suite.train.batch_size, suite.train.micro_batch_size, self.world.size)
         keep_freed_memory()
+        if self.world.device.type == "cpu" and blas.state() == "late" and self.world.main:
+            print("lmsuite train: torch was imported before lmsuite, so MKL runs its generic, "
+                  "slower matrix products on this AMD CPU; import lmsuite first "
+                  "(lmsuite/blas.py)", file=sys.stderr)
         if suite.train.precision == "bf16" and self.world.device.type != "cuda" and \
                 self.world.main:
             print('lmsuite train: precision = "bf16" is autocast on GPUs; on this CPU it trains '

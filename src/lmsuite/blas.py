@@ -1,0 +1,81 @@
+"""Let MKL, PyTorch's BLAS on x86-64, run its tuned matrix products on AMD CPUs too.
+
+MKL chooses its code by the CPU's vendor: on CPUs that are not Intel's, its fp32 products run
+a generic path, which on an AMD EPYC (Zen 3) ran the products of a small model's training step
+1.1 to 1.5 times slower than the path MKL takes on Intel CPUs with the same instruction sets,
+and a tiny model's whole step correspondingly slower (benchmarks/RESULTS.md). MKL asks a
+function of its own, `mkl_serv_intel_cpu_true`; a library that defines it (csrc/mkl_vendor.c),
+loaded into the global symbol scope before PyTorch, answers in its place. The dynamic linker
+binds MKL's call the first time it is made, which `import torch` already does, so
+`lmsuite/__init__.py` calls `use_tuned_products()` before anything imports torch; a process that
+imported torch first keeps MKL's generic path (`state()` says "late").
+
+It applies on Linux, on x86-64 CPUs of AMD that have AVX2 and FMA, unless LMSUITE_MKL_TUNED=0.
+Matrix products round differently on the two paths, so a run resumed in a process on the other
+path trains on correctly but is not byte-identical to one never stopped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+from pathlib import Path
+
+from lmsuite.native import build
+
+_library: ctypes.CDLL | None = None
+_state = "not applicable"
+
+
+def _amd_with_avx2() -> bool:
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    vendor = next((line for line in info.splitlines() if line.startswith("vendor_id")), "")
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "").split()
+    return "AuthenticAMD" in vendor and "avx2" in flags and "fma" in flags
+
+
+def use_tuned_products() -> None:
+    """Load csrc/mkl_vendor.c's library where it applies (see the module's docstring)."""
+    global _library, _state
+    if _library is not None or not _amd_with_avx2():
+        return
+    if os.environ.get("LMSUITE_MKL_TUNED", "1") == "0":
+        _state = "off"
+        return
+    if "torch" in sys.modules:
+        _state = "late"
+        return
+    _state = "unavailable"
+    otherwise = "MKL runs its generic, slower matrix products on this AMD CPU"
+    path = build("mkl_vendor", {}, openmp=False, otherwise=otherwise)
+    if path is None:
+        return
+    try:
+        _library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    except OSError:  # a damaged cache file: build it again, once
+        path.unlink(missing_ok=True)
+        path = build("mkl_vendor", {}, openmp=False, otherwise=otherwise)
+        if path is None:
+            return
+        _library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    _state = "loaded"
+
+
+def state() -> str:
+    """Which products this process runs: "tuned" (MKL's tuned path on an AMD CPU); "late"
+    (torch was imported before lmsuite), "off" (LMSUITE_MKL_TUNED=0) or "unavailable" (no C
+    compiler) for MKL's generic path on one; "not applicable" elsewhere (another CPU, or a
+    PyTorch whose products are not MKL's)."""
+    if _state != "loaded":
+        return _state
+    import torch
+
+    torch.ones(8, 8) @ torch.ones(8, 8)  # MKL asks at its first call, if not before
+    return "tuned" if _library.lmsuite_mkl_asked() else "not applicable"
