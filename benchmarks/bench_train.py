@@ -4,9 +4,11 @@ Same shape, batch, data and optimizer (AdamW with GPT-NeoX's weight-decay groups
 1.0) for every size of a suite. Each implementation lives in its own worker process:
 - "lmsuite": lmsuite's model and optimizer, with the trainer's runtime settings
   (`keep_freed_memory`, fused AdamW, deterministic algorithms);
-- "transformers": GPTNeoXForCausalLM in a plain PyTorch loop (foreach AdamW), as users run it;
-- "transformers+alloc": the same, given lmsuite's allocator setting too, to show how much
-  of the difference that setting alone makes.
+- "transformers": GPTNeoXForCausalLM in a plain PyTorch loop (foreach AdamW), as users run it
+  (without lmsuite's runtime settings: MKL's own choice of products, glibc's malloc settings);
+- "transformers+runtime": the same with lmsuite's runtime settings (`keep_freed_memory` and,
+  on AMD CPUs, MKL's tuned products: lmsuite/blas.py), to show how much of the difference
+  those settings alone make.
 
 This machine's speed drifts by tens of percent over minutes, so the workers take turns: each
 round times every implementation once on the same size (in a rotating order) while the
@@ -16,16 +18,18 @@ the workers' turns, so that it drifts with them) and the share of it lmsuite rea
 Prints one JSON line per size, then a summary line.
 """
 
-import argparse
+import argparse  # noqa: I001  (lmsuite before torch, as its commands import them: lmsuite/blas.py)
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 
+import lmsuite  # noqa: F401
 import torch
 
-IMPLEMENTATIONS = ("lmsuite", "transformers", "transformers+alloc")
+IMPLEMENTATIONS = ("lmsuite", "transformers", "transformers+runtime")
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 0.5) -> float:
@@ -59,7 +63,7 @@ def worker(impl: str, config: str) -> None:
     from lmsuite.model.neox import GPTNeoX, config_for_size
     from lmsuite.train.trainer import make_optimizer
 
-    if impl in ("lmsuite", "transformers+alloc"):
+    if impl in ("lmsuite", "transformers+runtime"):
         keep_freed_memory()
     if impl == "lmsuite":
         torch.use_deterministic_algorithms(True)
@@ -139,7 +143,8 @@ def main() -> None:
         suite.model(name)  # an unknown size fails here, with the sizes there are
     workers = {impl: subprocess.Popen(
         [sys.executable, __file__, args.config, "--worker", impl],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, **({"LMSUITE_MKL_TUNED": "0"} if impl == "transformers" else {})})
         for impl in IMPLEMENTATIONS}
 
     def answer(impl: str) -> str:
@@ -168,9 +173,9 @@ def main() -> None:
             size_peaks.append(matmul_gflops())
         peak = statistics.median(size_peaks)
         peaks += size_peaks
-        ours, hf, hf_alloc = (rates[i] for i in IMPLEMENTATIONS)
+        ours, hf, hf_runtime = (rates[i] for i in IMPLEMENTATIONS)
         ratio = [a / b for a, b in zip(ours, hf, strict=True)]
-        ratio_alloc = [a / b for a, b in zip(ours, hf_alloc, strict=True)]
+        ratio_runtime = [a / b for a, b in zip(ours, hf_runtime, strict=True)]
         cfg = config_for_size(suite.model(name), suite.data.vocab_size, suite.data.seq_len)
         achieved = statistics.median(ours) * flops_per_token(cfg, suite.data.seq_len) / 1e9
         speedups[name] = round(statistics.median(ratio), 2)
@@ -179,10 +184,10 @@ def main() -> None:
             "batch": [suite.train.micro_batch_size, suite.data.seq_len], "rounds": args.rounds,
             "lmsuite_tokens_per_s": round(statistics.median(ours)),
             "transformers_tokens_per_s": round(statistics.median(hf)),
-            "transformers_alloc_tokens_per_s": round(statistics.median(hf_alloc)),
+            "transformers_runtime_tokens_per_s": round(statistics.median(hf_runtime)),
             "speedup": round(statistics.median(ratio), 2),
             "speedup_range": [round(min(ratio), 2), round(max(ratio), 2)],
-            "speedup_same_allocator": round(statistics.median(ratio_alloc), 2),
+            "speedup_same_runtime": round(statistics.median(ratio_runtime), 2),
             "achieved_gflops": round(achieved, 1),
             "matmul_fp32_gflops": round(peak, 1),
             "share_of_matmul_peak": round(achieved / peak, 3),
