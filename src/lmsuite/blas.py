@@ -1,14 +1,15 @@
 """Let MKL, PyTorch's BLAS on x86-64, run its tuned matrix products on AMD CPUs too.
 
 MKL chooses its code by the CPU's vendor: on CPUs that are not Intel's, its fp32 products run
-a generic path, which on an AMD EPYC (Zen 3) ran the products of a small model's training step
-1.1 to 1.5 times slower than the path MKL takes on Intel CPUs with the same instruction sets,
-and a tiny model's whole step correspondingly slower (benchmarks/RESULTS.md). MKL asks a
-function of its own, `mkl_serv_intel_cpu_true`; a library that defines it (csrc/mkl_vendor.c),
-loaded into the global symbol scope before PyTorch, answers in its place. The dynamic linker
-binds MKL's call the first time it is made, which `import torch` already does, so
-`lmsuite/__init__.py` calls `use_tuned_products()` before anything imports torch; a process that
-imported torch first keeps MKL's generic path (`state()` says "late").
+a generic path, which on an AMD EPYC (Zen 3) ran a tiny model's training-step products 1.1
+times slower in all than the path MKL takes on Intel CPUs with the same instruction sets, the
+forward products with few inputs and many outputs 1.3-1.4 times slower
+(benchmarks/RESULTS.md). MKL asks a function of its own, `mkl_serv_intel_cpu_true`; a library
+that defines it (csrc/mkl_vendor.c), loaded into the global symbol scope before PyTorch,
+answers in its place. The dynamic linker binds MKL's call the first time it is made, which
+`import torch` already does, so `lmsuite/__init__.py` calls `use_tuned_products()` before
+anything imports torch; a process that imported torch first keeps MKL's generic path
+(`state()` says "late").
 
 It applies on Linux, on x86-64 CPUs of AMD that have AVX2 and FMA, unless LMSUITE_MKL_TUNED=0.
 Matrix products round differently on the two paths, so a run resumed in a process on the other
