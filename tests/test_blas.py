@@ -55,3 +55,13 @@ def test_training_says_when_torch_was_imported_first(built_data, monkeypatch, ca
     monkeypatch.setattr(blas, "_state", "late")
     Trainer(suite, "s1", "standard", tmp_path, progress=False)
     assert "torch was imported before lmsuite" in capsys.readouterr().err
+
+
+@applies
+def test_a_damaged_cached_library_is_built_again(tmp_path):
+    cache = str(tmp_path)
+    assert state_in_a_new_process("import lmsuite", LMSUITE_CACHE=cache) == "tuned"
+    [library] = (tmp_path / "kernels").glob("mkl_vendor*.so")
+    library.write_bytes(library.read_bytes()[:100])
+    assert state_in_a_new_process("import lmsuite", LMSUITE_CACHE=cache) == "tuned"
+    assert library.stat().st_size > 100

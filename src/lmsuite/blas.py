@@ -22,6 +22,7 @@ import ctypes
 import os
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 from lmsuite.native import build
@@ -55,18 +56,19 @@ def use_tuned_products() -> None:
         return
     _state = "unavailable"
     otherwise = "MKL runs its generic, slower matrix products on this AMD CPU"
-    path = build("mkl_vendor", {}, openmp=False, otherwise=otherwise)
-    if path is None:
-        return
-    try:
-        _library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-    except OSError:  # a damaged cache file: build it again, once
-        path.unlink(missing_ok=True)
+    for _ in range(2):  # a damaged cache file is built again, once
         path = build("mkl_vendor", {}, openmp=False, otherwise=otherwise)
         if path is None:
             return
-        _library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-    _state = "loaded"
+        try:
+            _library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            error = err
+        else:
+            _state = "loaded"
+            return
+    warnings.warn(f"lmsuite: cannot load {path.name} ({error}); {otherwise}", stacklevel=2)
 
 
 def state() -> str:
