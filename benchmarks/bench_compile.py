@@ -7,13 +7,14 @@ that time back from lmsuite's eager model. One JSON line per size.
     .venv/bin/python benchmarks/bench_compile.py [configs/tiny.toml] [--models tiny-3,tiny-8]
 """
 
-import argparse
+import argparse  # noqa: I001  (lmsuite before torch, as its commands import them: lmsuite/blas.py)
 import json
 import os
 import tempfile
 import time
 from contextlib import nullcontext
 
+import lmsuite  # noqa: F401
 import torch
 
 from lmsuite.allocator import keep_freed_memory

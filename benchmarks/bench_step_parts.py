@@ -18,13 +18,14 @@ which PyTorch's log-softmax over the vocabulary and attention softmax pay for ev
 Prints one JSON line per size, then one for `exp`.
 """
 
-import argparse
+import argparse  # noqa: I001  (lmsuite before torch, as its commands import them: lmsuite/blas.py)
 import json
 import statistics
 import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
+import lmsuite  # noqa: F401
 import torch
 from bench_train import flops_per_token
 
