@@ -58,3 +58,44 @@ def test_only_folders_moved_aside_by_lmsuite_are_touched(tmp_path):
                                                           "data"]
     put_back_moved_aside(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.old-draft", "data", "other"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x00bytes", b"\x00bytes"),
+    ("text é\n", "text é\n".encode()),
+    ({"a": [1, 2]}, b'{\n  "a": [\n    1,\n    2\n  ]\n}\n'),
+])
+def test_write_file_writes_bytes_text_and_json(tmp_path, content, expected):
+    durable.write_file(tmp_path / "f", content)
+    assert (tmp_path / "f").read_bytes() == expected
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_write_file_flushes_the_file_before_the_rename_and_the_folder_after(tmp_path,
+                                                                            monkeypatch):
+    from tests.conftest import record_fsyncs_and_renames
+
+    events = record_fsyncs_and_renames(monkeypatch)
+    durable.write_file(tmp_path / "f.json", lambda path: path.write_text("{}"))
+    tmp = str(durable.temporary(tmp_path / "f.json"))
+    assert events == [("fsync", tmp), ("rename", tmp, str(tmp_path / "f.json")),
+                      ("fsync", str(tmp_path))]
+
+
+def test_a_writer_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    (tmp_path / "f").write_text("old")
+
+    def broken(path):
+        path.write_text("half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        durable.write_file(tmp_path / "f", broken)
+    assert (tmp_path / "f").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_temporary_names_are_hidden_and_recognised(tmp_path):
+    tmp = durable.temporary(tmp_path / "step10")
+    assert tmp.parent == tmp_path and tmp.name.startswith(".step10")
+    assert durable.is_temporary(tmp) and not durable.is_temporary(tmp_path / "step10")

@@ -1,12 +1,17 @@
-"""Flushing files and folders to disk before a rename makes them visible, so that a machine
-that goes down leaves no complete-looking checkpoint or dataset with empty files in it; and
-replacing a folder so that a kill leaves the old one or the new one, never half of one."""
+"""Every file and folder lmsuite writes, written atomically: under a temporary name, flushed to
+disk, renamed into place, the folder flushed; so that a kill or a machine that goes down leaves
+the old file or the new one, never half of one, and no complete-looking checkpoint or dataset
+with empty files in it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+Content = bytes | str | dict | list | Callable[[Path], object]
 
 
 def fsync(path: str | os.PathLike) -> None:
@@ -27,6 +32,49 @@ def fsync_tree(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
         fsync(path)
+
+
+def temporary(final: str | os.PathLike) -> Path:
+    """The temporary name this process writes `final` under before it is renamed into place:
+    hidden, beside it (a rename within one folder is atomic), and owned by this process."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether `path` is a name `temporary` gives (left behind by a killed writer)."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp-" in name
+
+
+def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Make the written file `tmp` the file `final`: flushed, renamed, the folder flushed."""
+    fsync(tmp)
+    os.replace(tmp, final)
+    fsync(Path(final).parent)
+
+
+def write_file(path: str | os.PathLike, content: Content) -> Path:
+    """Write `path` atomically. `content` is bytes, text, a dict or list (written as indented
+    JSON with a final newline) or a function that writes the file at the path it is given (for
+    writers of their own: safetensors, numpy, torch, a compiler). A failure leaves no
+    temporary file and the old file, if any, as it was."""
+    path = Path(path)
+    tmp = temporary(path)
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        elif isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        elif isinstance(content, dict | list):
+            tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        else:
+            content(tmp)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _aside(final: Path) -> Path:
@@ -65,3 +113,12 @@ def put_back_moved_aside(parent: str | os.PathLike, name: str = "*") -> None:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(aside, final)
+
+
+def rename_away(folder: str | os.PathLike, suffix: str) -> Path:
+    """Rename `folder` to `<folder><suffix>` in one step (before deleting it, so that a kill
+    midway leaves no half of it under its own name); returns the new path."""
+    folder = Path(folder)
+    away = folder.with_name(folder.name + suffix)
+    os.replace(folder, away)
+    return away
