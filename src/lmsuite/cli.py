@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from lmsuite.errors import LmsuiteError
+from lmsuite.runs import Run, default_run_dir
 
 
 def cmd_model_info(args: argparse.Namespace) -> None:
@@ -36,10 +37,6 @@ def cmd_model_info(args: argparse.Namespace) -> None:
               f"{r['total_params']:>17,}{r['non_embedding_params']:>17,}")
 
 
-def default_run_dir(suite_name: str) -> Path:
-    return Path("runs") / suite_name
-
-
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from lmsuite.config import SyntheticConfig, load_suite
     from lmsuite.data.synthetic import write_corpus
@@ -54,7 +51,7 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     from lmsuite.data.build import build_data
 
     suite = load_suite(args.config)
-    out = Path(args.out) if args.out else default_run_dir(suite.name) / "data"
+    out = Path(args.out) if args.out else Run(default_run_dir(suite.name)).data
     for folder in build_data(suite, out, force=args.force, progress=not args.no_progress):
         counts = json.loads((folder / "manifest.json").read_text())["counts"]
         print(f"{folder}: {counts['train_documents']} documents, {counts['document_tokens']:,} "
@@ -96,23 +93,52 @@ def cmd_batch(args: argparse.Namespace) -> None:
             print(f"row {i}: {line}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _run_with_data(args: argparse.Namespace):
+    """(suite, run folder) of a training command, its data built first where it is missing
+    (under torchrun every process asks; one builds while the others wait on its lock)."""
+    import os
+
     from lmsuite.config import load_suite
-    from lmsuite.train.trainer import train
+    from lmsuite.data.build import build_data
 
     suite = load_suite(args.config)
-    run_dir = Path(args.out) if args.out else default_run_dir(suite.name)
-    train(suite, args.model, args.dataset, run_dir, resume=args.resume, fsdp=args.fsdp,
+    run = Run(Path(args.out) if args.out else default_run_dir(suite.name))
+    if getattr(args, "resume", True):  # before the data is built, which at scale takes hours
+        _check_trained_as_configured(args, suite, run)
+    build_data(suite, run.data,
+               progress=not args.no_progress and os.environ.get("RANK", "0") == "0")
+    return suite, run
+
+
+def _check_trained_as_configured(args: argparse.Namespace, suite, run: Run) -> None:
+    from lmsuite.runs import (
+        DATASETS,
+        RESUME_CONSEQUENCE,
+        SUITE_CONSEQUENCE,
+        check_existing,
+    )
+
+    if args.command == "train":
+        check_existing(run, suite, suite.model(args.model), args.dataset, RESUME_CONSEQUENCE)
+        return
+    for size in suite.models:
+        for dataset in DATASETS:
+            check_existing(run, suite, size, dataset, SUITE_CONSEQUENCE)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from lmsuite.train.trainer import train
+
+    suite, run = _run_with_data(args)
+    train(suite, args.model, args.dataset, run.root, resume=args.resume, fsdp=args.fsdp,
           progress=not args.no_progress)
 
 
 def cmd_suite(args: argparse.Namespace) -> None:
-    from lmsuite.config import load_suite
     from lmsuite.train.suite import train_suite
 
-    suite = load_suite(args.config)
-    run_dir = Path(args.out) if args.out else default_run_dir(suite.name)
-    train_suite(suite, run_dir, progress=not args.no_progress)
+    suite, run = _run_with_data(args)
+    train_suite(suite, run.root, progress=not args.no_progress)
 
 
 def _names(flag: str, value: str | None) -> list[str] | None:
@@ -213,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="all, log (0, powers of two, last) or a list like 0,100,200")
     evaluate.add_argument("--results", help="results file (default: <run>/results/eval.jsonl)")
     evaluate.add_argument("--data", help="dataset folder for items and held-out documents "
-                          "(default: the run's data/standard)")
+                          "(default: the run's standard dataset)")
     evaluate.add_argument("--lambada", help="jsonl with a text field to use for lambada "
                           "(e.g. the lambada_openai test file)")
     evaluate.add_argument("--harness", help="comma-separated lm-evaluation-harness tasks "
@@ -224,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lmsuite import accel
+
+    accel.configure_process()  # first: MKL's products are chosen when torch is imported
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import tomli_w
 
+from lmsuite.durable import write_file
 from lmsuite.errors import ConfigError
+from lmsuite.runs import DEDUPED_SUFFIX, check_name
 
 
 def _require(ok: bool, name: str, expected: str) -> None:
@@ -30,6 +32,19 @@ def _fraction(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         _require(0.0 <= value <= 1.0, name, f"in [0, 1], got {value!r}")
+
+
+INITS = ("small_init", "normal")
+
+
+def check_shape(layers: int, d_model: int, heads: int, rotary_pct: float, init: str) -> None:
+    """The checks every description of a model's shape makes (a suite's `[[models]]` row and
+    the architecture `model.neox.NeoXConfig` built from it or read from config.json)."""
+    for name, value in (("layers", layers), ("d_model", d_model), ("heads", heads)):
+        _require(value > 0, name, f"positive, got {value!r}")
+    _require(d_model % heads == 0, "heads", f"a divisor of d_model={d_model}, got {heads}")
+    _require(0.0 <= rotary_pct <= 1.0, "rotary_pct", f"in [0, 1], got {rotary_pct!r}")
+    _require(init in INITS, "init", f'"small_init" or "normal", got {init!r}')
 
 
 @dataclass
@@ -59,15 +74,12 @@ class ModelConfig:
     """x + attn(ln1(x)) + mlp(ln2(x)) as in Pythia; false for the sequential residual."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "name", "a non-empty folder name")
-        _require(not self.name.endswith("-deduped"), "name",
-                 "free of the suffix '-deduped' (lmsuite adds it for the deduplicated run)")
-        _positive(self, "layers", "d_model", "heads", "lr", "vocab_multiple", "rotary_base")
-        _require(self.d_model % self.heads == 0, "heads",
-                 f"a divisor of d_model={self.d_model}, got {self.heads}")
-        _fraction(self, "rotary_pct")
-        _require(self.init in ("small_init", "normal"), "init",
-                 f'"small_init" or "normal", got {self.init!r}')
+        check_name(self.name, "name")
+        _require(not self.name.endswith(DEDUPED_SUFFIX), "name",
+                 f"free of the suffix {DEDUPED_SUFFIX!r} (lmsuite adds it for the deduplicated "
+                 "run)")
+        check_shape(self.layers, self.d_model, self.heads, self.rotary_pct, self.init)
+        _positive(self, "lr", "vocab_multiple", "rotary_base")
 
 
 @dataclass
@@ -218,7 +230,7 @@ class SuiteConfig:
     """How every size is trained."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "name", "a non-empty folder name")
+        check_name(self.name, "name")
         _require(len(self.models) > 0, "models", "a non-empty [[models]] table")
         names = [m.name for m in self.models]
         duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -338,20 +350,4 @@ def suite_to_dict(suite: SuiteConfig) -> dict:
 
 def save_suite(suite: SuiteConfig, path: str | os.PathLike) -> None:
     """Write the suite as TOML, atomically; `load_suite` reads back an equal config."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(tomli_w.dumps(suite_to_dict(suite)))
-    os.replace(tmp, path)
-
-
-def changed_settings(saved: dict, now: dict) -> str | None:
-    """How settings recorded with a build or a checkpoint differ from the config's now, as
-    "a = 1; the config now has a = 2", or None when they agree. Both are flat
-    (`section.field` -> JSON value). A setting on one side only (a field another lmsuite
-    version added or removed) is not compared, so an upgrade alone refuses nothing."""
-    changed = [k for k in sorted(saved.keys() & now.keys()) if saved[k] != now[k]]
-    if not changed:
-        return None
-    was = ", ".join(f"{k} = {saved[k]!r}" for k in changed)
-    is_ = ", ".join(f"{k} = {now[k]!r}" for k in changed)
-    return f"{was}; the config now has {is_}"
+    write_file(path, tomli_w.dumps(suite_to_dict(suite)))

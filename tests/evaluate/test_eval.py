@@ -341,7 +341,8 @@ def test_a_bad_lambada_file_is_refused_before_anything_runs(small_run, tmp_path,
 
 @pytest.mark.parametrize("record, message", [
     ('{"model": "s1", "dataset"', "provenance.json: not valid JSON"),
-    ('["s1"]', 'provenance.json: expected a JSON object naming its "model"'),
+    ('["s1"]', "provenance.json: expected a JSON object"),
+    ('{"step": 3}', 'provenance.json: expected a JSON object naming its "model"'),
 ])
 def test_a_damaged_provenance_record_is_a_clear_error(small_run, tmp_path, record, message):
     _, run_dir = small_run

@@ -135,6 +135,36 @@ def test_training_leaves_pytorchs_deterministic_setting_as_it_found_it(trained):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_provenance_records_the_kernels_and_matrix_products_that_computed_it(trained):
+    from lmsuite import accel, speedups
+    from lmsuite.model.neox import GPTNeoX
+
+    suite, run_dir = trained
+    record = json.loads((run_dir / "s2-deduped" / "step40" / "provenance.json").read_text())
+    cfg = config_for_size(suite.model("s2"), suite.data.vocab_size, suite.data.seq_len)
+    assert record["compute"] == speedups.compute_path(accel.install(GPTNeoX(cfg)))
+    assert record["compute"]["blas"] == accel.blas_path()
+
+
+def test_a_resume_on_another_compute_path_says_so_in_one_line(trained, tmp_path, capsys):
+    import shutil
+
+    suite, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for step in (32, 40):
+        shutil.rmtree(copy / "s2-deduped" / f"step{step}")
+    state_file = copy / "s2-deduped" / "step30" / "trainer_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["compute"] = {"cpu_kernels": [], "blas": "off"}
+    state_file.write_text(json.dumps(state))
+    train(suite, "s2", "deduped", copy, resume=True, progress=False)
+    said = [line for line in capsys.readouterr().err.splitlines() if "computed with" in line]
+    assert len(said) == 1
+    assert "CPU kernels none and off matrix products" in said[0]
+    assert "not byte-identical" in said[0]
+
+
 def test_existing_run_without_resume_and_held_lock_are_refused(trained):
     suite, run_dir = trained
     with pytest.raises(LmsuiteError, match="pass --resume"):
@@ -147,12 +177,7 @@ def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path, monke
     import dataclasses
     import shutil
 
-    from lmsuite.train import trainer
-
     suite, run_dir = trained
-    # Changed settings are refused before the data is (re)built, which at scale takes hours.
-    built = trainer.ensure_data
-    monkeypatch.setattr(trainer, "ensure_data", lambda *a: pytest.fail("data built"))
     state_file = run_dir / "s2-deduped" / "step40" / "trainer_state" / "state.json"
     provenance = json.loads((state_file.parent.parent / "provenance.json").read_text())
     assert provenance["trajectory"]["model.lr"] == suite.model("s2").lr
@@ -164,7 +189,6 @@ def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path, monke
     longer = dataclasses.replace(suite, train=dataclasses.replace(suite.train, steps=800))
     with pytest.raises(LmsuiteError, match="train.steps = 40; the config now has train.steps = 8"):
         train(longer, "s2", "deduped", run_dir, resume=True, progress=False)
-    monkeypatch.setattr(trainer, "ensure_data", built)
     # What does not change the run is allowed: a finished run resumes as a no-op.
     other_micro = dataclasses.replace(suite, train=dataclasses.replace(
         suite.train, micro_batch_size=4, checkpoint_every=20))
@@ -188,6 +212,27 @@ def test_resume_under_other_settings_or_data_is_refused(trained, tmp_path, monke
     (copy / "s2-deduped" / "step40" / "provenance.json").write_text('{"model": ')
     with pytest.raises(LmsuiteError, match="step40/provenance.json: not valid JSON"):
         train(suite, "s2", "deduped", copy, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("command", [["train", "--model", "s2", "--dataset", "deduped",
+                                      "--resume"], ["suite"]])
+def test_the_command_refuses_changed_settings_before_it_builds_data(trained, tmp_path,
+                                                                   monkeypatch, capsys, command):
+    # (Re)building the data at scale takes hours: changed settings are refused first.
+    import dataclasses
+
+    from lmsuite.cli import main
+    from lmsuite.data import build
+
+    suite, run_dir = trained
+    monkeypatch.setattr(build, "build_data", lambda *a, **k: pytest.fail("data built"))
+    other_lr = dataclasses.replace(suite, models=[
+        dataclasses.replace(m, lr=m.lr / 2) if m.name == "s2" else m for m in suite.models])
+    save_suite(other_lr, tmp_path / "suite.toml")
+    with pytest.raises(SystemExit):
+        main([command[0], str(tmp_path / "suite.toml"), "--out", str(run_dir), *command[1:]])
+    assert "was trained with model.lr = 0.002; the config now has model.lr" in \
+        capsys.readouterr().err
 
 
 def test_suite_trains_every_model_skips_finished_ones_and_resumes_the_rest(built_data,
@@ -292,10 +337,20 @@ def test_data_that_does_not_fit_the_model_is_a_clear_error(built_data):
         check_data(data / "standard", other_len, cfg)
 
 
-def test_training_without_progress_builds_its_data_without_a_progress_bar(built_data, tmp_path,
-                                                                           capsys):
-    suite = training_suite(built_data, steps=1)
-    folder = train(suite, "s1", "standard", tmp_path / "run", progress=False)
+def test_the_train_command_builds_missing_data_first_without_progress_if_told(built_data,
+                                                                             tmp_path, capsys):
+    from lmsuite.cli import main
+
+    save_suite(training_suite(built_data, steps=1), tmp_path / "suite.toml")
+    main(["train", str(tmp_path / "suite.toml"), "--model", "s1", "--out",
+          str(tmp_path / "run"), "--no-progress"])
     assert (tmp_path / "run" / "data" / "standard" / "manifest.json").is_file()
-    assert list_checkpoints(folder) == [0, 1]
+    assert list_checkpoints(tmp_path / "run" / "s1") == [0, 1]
     assert "tokenize + dedup" not in capsys.readouterr().err
+
+
+def test_the_trainer_itself_builds_no_data(built_data, tmp_path):
+    suite = training_suite(built_data, steps=1)
+    with pytest.raises(LmsuiteError, match="no built dataset"):
+        train(suite, "s1", "standard", tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "data").exists()

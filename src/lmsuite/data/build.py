@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -19,11 +18,11 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from lmsuite import __version__
-from lmsuite.config import SuiteConfig, changed_settings
+from lmsuite.config import SuiteConfig
 from lmsuite.data.corpus import file_sha256, iter_documents, source_files
 from lmsuite.data.dedup import NearDuplicateFilter
 from lmsuite.data.indexed import IndexedDataset, IndexedDatasetWriter, token_dtype
-from lmsuite.data.order import read_manifest, write_training_order
+from lmsuite.data.order import write_training_order
 from lmsuite.data.partial import PartialBuild
 from lmsuite.data.synthetic import meta_folder, write_corpus
 from lmsuite.data.tokenizer import (
@@ -32,10 +31,22 @@ from lmsuite.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from lmsuite.durable import fsync, fsync_tree, put_back_moved_aside, replace_folder
+from lmsuite.durable import (
+    fsync_tree,
+    is_temporary,
+    put_back_moved_aside,
+    replace_folder,
+    write_file,
+)
 from lmsuite.errors import LmsuiteError
+from lmsuite.runs import (
+    DATASETS,
+    build_settings,
+    check_data_settings,
+    read_manifest,
+    samples_needed,
+)
 
-DATASETS = ("standard", "deduped")
 BATCH_DOCS = 1024
 PARTIAL = ".build"
 """The folder of a build in progress, under the data folder."""
@@ -50,14 +61,6 @@ def is_held_out(text: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
-def build_params(suite: SuiteConfig) -> dict:
-    """What a built dataset's contents depend on, besides its length. Its length (steps x
-    batch_size samples) only appends: every epoch's order is fixed by the seed alone, so a
-    longer build begins with the samples of a shorter one."""
-    return {"seed": suite.seed, "data": dataclasses.asdict(suite.data),
-            "batch_size": suite.train.batch_size}
-
-
 def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
     batch: list[str] = []
     for text in texts:
@@ -69,34 +72,10 @@ def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _flat(params: dict, prefix: str = "") -> dict:
-    """{"data": {"seq_len": 128}} -> {"data.seq_len": 128}."""
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def check_settings(out: str | os.PathLike, suite: SuiteConfig) -> None:
-    """An error when datasets in `out` exist, built with other settings than the suite's; it
-    names each setting that differs."""
-    now = _flat(json.loads(json.dumps(build_params(suite))))
-    for name in DATASETS:
-        manifest = read_manifest(Path(out) / name)
-        changed = manifest and changed_settings(_flat(manifest.get("params") or {}), now)
-        if changed:
-            raise LmsuiteError(f"{Path(out) / name}: built with {changed}. Restore those "
-                               "settings, or choose another --out (`lmsuite data build --force` "
-                               "rebuilds it in place)")
-
-
 def _complete(out: Path, suite: SuiteConfig, samples: int) -> bool:
     """True when both datasets exist with the suite's settings and enough samples; an error
     when they exist with other settings."""
-    check_settings(out, suite)
+    check_data_settings(out, suite)
     manifests = [read_manifest(out / name) for name in DATASETS]
     return all(m is not None and m["counts"]["train_samples"] >= samples for m in manifests)
 
@@ -143,8 +122,8 @@ def build_data(suite: SuiteConfig, out: str | os.PathLike, force: bool = False,
     removes what it wrote. One process builds at a time; others wait, then find the data built.
     """
     out = Path(out)
-    params = build_params(suite)
-    total_samples = suite.train.steps * suite.train.batch_size
+    params = build_settings(suite)
+    total_samples = samples_needed(suite)
     if not force and _complete(out, suite, total_samples):
         return out / "standard", out / "deduped"
     with _build_lock(out):
@@ -211,8 +190,9 @@ def _build(suite: SuiteConfig, out: Path, partial: PartialBuild, params: dict,
     sources = [{"path": str(p.relative_to(tmp)) if synthetic_meta else str(p),
                 "sha256": file_sha256(p)} for p in files]
     for name, folder in folders.items():
-        for leftover in folder.glob(".*.tmp-*"):  # of this stage, interrupted and now resumed
-            leftover.unlink()
+        for leftover in folder.iterdir():  # of this stage, interrupted and now resumed
+            if is_temporary(leftover):
+                leftover.unlink()
         ids = np.load(folder / "document_ids.npy")
         docs = IndexedDataset(folder / "documents")
         counts = write_training_order(docs, ids, data.seq_len, total_samples, suite.seed, folder)
@@ -240,7 +220,7 @@ def _build(suite: SuiteConfig, out: Path, partial: PartialBuild, params: dict,
             "sha256": {"train.bin": file_sha256(folder / "train.bin"),
                        "val.bin": file_sha256(folder / "val.bin")},
         }
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_file(folder / "manifest.json", manifest)
 
     # 5. Into place: the manifest-bearing folders appear only now, each in one rename, once
     # their files are on disk (a machine that goes down leaves no complete-looking dataset).
@@ -267,8 +247,7 @@ def _tokenizer(suite: SuiteConfig, partial: PartialBuild,
         trained = train_tokenizer((t for t in documents()
                                    if not is_held_out(t, suite.seed, data.validation_fraction)),
                                   data.vocab_size)
-        trained.save(str(path))
-        fsync(path)
+        write_file(path, lambda tmp: trained.save(str(tmp)))
         partial.save(tokenizer=True)
     # Read back from the file in both cases, so a resumed build tokenizes as a fresh one.
     return load_tokenizer(path)

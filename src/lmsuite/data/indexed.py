@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmsuite.durable import publish, temporary
 from lmsuite.errors import DataFormatError
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -138,11 +139,11 @@ class IndexedDatasetWriter:
         if self.dtype not in CODES:
             raise ValueError(f"dtype {self.dtype} has no Megatron dtype code")
         self.bin_path, self.idx_path = Path(prefix + ".bin"), Path(prefix + ".idx")
-        self._tmp_idx = self.idx_path.with_name(f".{self.idx_path.name}.tmp-{os.getpid()}")
+        self._tmp_idx = temporary(self.idx_path)
         self._sizes = array("i")
         self._doc_idx = array("q", [0])
         if resume is None:
-            self._tmp_bin = self.bin_path.with_name(f".{self.bin_path.name}.tmp-{os.getpid()}")
+            self._tmp_bin = temporary(self.bin_path)
             self._bin = self._tmp_bin.open("wb")
             return
         self._tmp_bin = Path(resume.tmp_bin)
@@ -206,8 +207,8 @@ class IndexedDatasetWriter:
             f.write(sizes.tobytes())
             f.write(pointers.tobytes())
             f.write(doc_idx.tobytes())
-        os.replace(self._tmp_bin, self.bin_path)
-        os.replace(self._tmp_idx, self.idx_path)
+        publish(self._tmp_bin, self.bin_path)  # the data first: an index never points past it
+        publish(self._tmp_idx, self.idx_path)
 
     def __enter__(self) -> IndexedDatasetWriter:
         return self

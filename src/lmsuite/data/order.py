@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from lmsuite.data.indexed import IndexedDataset, IndexedDatasetWriter
-from lmsuite.errors import DataFormatError, LmsuiteError
+from lmsuite.durable import write_file
+from lmsuite.errors import LmsuiteError
+from lmsuite.runs import read_manifest
 
 TRAIN_DOCS_DTYPE = np.dtype([("doc", "<i8"), ("offset", "<i8")])
 """train_docs.npy: per training sample, the source document where it starts and the token
@@ -62,12 +63,15 @@ def write_training_order(documents: IndexedDataset, doc_ids: np.ndarray, seq_len
             for i in range(0, len(order), chunk):
                 writer.add_items(samples[order[i:i + chunk]])
             written += len(order)
-    tmp = folder / f".train_docs.npy.tmp-{os.getpid()}.npy"
-    np.save(tmp, train_docs)
-    os.replace(tmp, folder / "train_docs.npy")
+    write_file(folder / "train_docs.npy", lambda path: _save_npy(path, train_docs))
     return {"samples_per_epoch": num_samples, "epochs": round(total_samples / num_samples, 4),
             "train_samples": total_samples,
             "dropped_tail_tokens": len(stream) - num_samples * sample_len}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a path
+        np.save(f, array)
 
 
 # --- reading the order back ----------------------------------------------------------------
@@ -83,16 +87,6 @@ def train_prefix(data_dir: str | os.PathLike) -> Path:
     if Path(str(path) + ".idx").is_file():
         return path
     raise LmsuiteError(f"{path}: no train.idx (or Pythia's document.idx) found")
-
-
-def read_manifest(data_dir: str | os.PathLike) -> dict | None:
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
 
 
 @functools.lru_cache(maxsize=16)

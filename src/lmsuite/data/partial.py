@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from lmsuite.data.indexed import IndexedDatasetWriter, WriterState
-from lmsuite.durable import fsync, fsync_tree
+from lmsuite.durable import fsync_tree, write_file
 from lmsuite.errors import DataFormatError
 
 
@@ -51,12 +50,7 @@ class PartialBuild:
     def save(self, **stages) -> None:
         """Record `stages` as done: on disk before anything that relies on them."""
         self.record.update(stages)
-        path = self.folder / "partial.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.record, indent=1) + "\n")
-        fsync(tmp)
-        os.replace(tmp, path)
-        fsync(self.folder)
+        write_file(self.folder / "partial.json", json.dumps(self.record, indent=1) + "\n")
 
     @property
     def documents_done(self) -> int:

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from lmsuite.config import SyntheticConfig
-from lmsuite.durable import put_back_moved_aside, replace_folder
+from lmsuite.durable import (
+    fsync_tree,
+    put_back_moved_aside,
+    replace_folder,
+    temporary,
+    write_file,
+)
 from lmsuite.errors import LmsuiteError
 
 MALE_NAMES = ["James", "John", "Robert", "Michael", "David", "William", "Richard", "Joseph",
@@ -374,7 +380,7 @@ def write_corpus(out: str | os.PathLike, cfg: SyntheticConfig, documents: int, s
     out.parent.mkdir(parents=True, exist_ok=True)
     meta_dir = meta_folder(out)
     put_back_moved_aside(meta_dir.parent, meta_dir.name)  # left by a write that was killed
-    tmp_dir = meta_dir.with_name(f".{meta_dir.name}.tmp-{os.getpid()}")
+    tmp_dir = temporary(meta_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     (tmp_dir / "eval").mkdir(parents=True)
 
@@ -387,10 +393,13 @@ def write_corpus(out: str | os.PathLike, cfg: SyntheticConfig, documents: int, s
         json.dumps(truth, ensure_ascii=False, sort_keys=True, indent=1) + "\n")
     for name, rows in items.items():
         (tmp_dir / "eval" / f"{name}.jsonl").write_text("".join(dump(r) + "\n" for r in rows))
-    tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with tmp_out.open("w", encoding="utf-8") as f:
-        for text in texts:
-            f.write(dump({"text": text}) + "\n")
+    fsync_tree(tmp_dir)
     replace_folder(tmp_dir, meta_dir)
-    os.replace(tmp_out, out)
+
+    def write_texts(path: Path) -> None:
+        with path.open("w", encoding="utf-8") as f:
+            for text in texts:
+                f.write(dump({"text": text}) + "\n")
+
+    write_file(out, write_texts)
     return meta_dir

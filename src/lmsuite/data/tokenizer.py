@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from lmsuite.durable import write_file
 from lmsuite.errors import DataFormatError
 
 EOD = "<|endoftext|>"
@@ -52,18 +53,12 @@ def eod_id(tok: Tokenizer) -> int:
     return token_id
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_tokenizer(tok: Tokenizer, folder: str | os.PathLike,
                    max_length: int | None = None) -> None:
     """Write tokenizer.json and the small files `transformers.AutoTokenizer` needs into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / "tokenizer.json", tok.to_str())
+    write_file(folder / "tokenizer.json", tok.to_str())
     special = {"bos_token": EOD, "eos_token": EOD, "unk_token": EOD}
     if tok.token_to_id(PAD) is not None:
         special["pad_token"] = PAD
@@ -77,5 +72,5 @@ def save_tokenizer(tok: Tokenizer, folder: str | os.PathLike,
     }
     if max_length is not None:
         config["model_max_length"] = max_length
-    _write_atomic(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    _write_atomic(folder / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
+    write_file(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    write_file(folder / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")

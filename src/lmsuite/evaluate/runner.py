@@ -9,18 +9,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lmsuite.allocator import keep_freed_memory
+from lmsuite import speedups
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
 from lmsuite.evaluate.tasks import TASKS, Context, eval_items_dir, read_lambada
-from lmsuite.model.hf import (
-    STEP,
-    list_steps,
-    load_model,
-    read_provenance,
-    resolve_model_folder,
-)
+from lmsuite.model.hf import load_model, resolve_model_folder
 from lmsuite.results import ResultStore, Source
+from lmsuite.runs import (
+    STEP,
+    Run,
+    checkpoint_dir,
+    list_steps,
+    read_provenance,
+    split_model_folder,
+)
 
 DEFAULT_TASKS = ("lambada", "perplexity", "arithmetic", "facts", "pronouns", "stereotypes")
 
@@ -55,15 +57,14 @@ def _chosen(steps: list[int], spec: str | set[int]) -> list[int]:
 def _model_checkpoints(model_dir: Path, spec) -> list[Checkpoint]:
     found = []
     for step in _chosen(list_steps(model_dir), spec):
-        folder = model_dir / f"step{step}"
+        folder = checkpoint_dir(model_dir, step)
         provenance = read_provenance(folder)
         if provenance is not None:
             source = Source(provenance.get("suite"), provenance["model"],
                             provenance.get("dataset"), step)
-        else:
-            deduped = model_dir.name.endswith("-deduped")
-            source = Source(None, model_dir.name.removesuffix("-deduped"),
-                            "deduped" if deduped else "standard", step)
+        else:  # Pythia's revisions: the folder's name says the dataset
+            model, dataset = split_model_folder(model_dir.name)
+            source = Source(None, model, dataset, step)
         found.append(Checkpoint(folder, source))
     return found
 
@@ -84,19 +85,18 @@ def resolve_target(target: str | os.PathLike, spec) -> tuple[list[Checkpoint], P
     target = Path(target)
     if not target.is_dir():
         raise LmsuiteError(f"{target}: not a folder")
-    if list_steps(target):  # one model of a run
-        run = target.parent
-        data = run / "data" / "standard"
-        results = run / "results" / "eval.jsonl" if data.is_dir() else \
-            target.parent / "results" / "eval.jsonl"
-        return _model_checkpoints(target, spec), (data if data.is_dir() else None), results
-    models = sorted(p for p in target.iterdir() if p.is_dir() and list_steps(p))
+    if list_steps(target):  # one model of a run, or of Pythia's revisions
+        run = Run(target.parent)
+        data = run.dataset("standard")
+        return (_model_checkpoints(target, spec), (data if data.is_dir() else None),
+                run.eval_results)
+    run = Run(target)
+    models = run.model_folders()
     if models:  # a run folder
         checkpoints = [c for m in models for c in _model_checkpoints(m, spec)]
-        data = target / "data" / "standard"
-        return checkpoints, (data if data.is_dir() else None), target / "results" / "eval.jsonl"
-    checkpoint = _external(target)
-    return [checkpoint], None, target.parent / "results" / "eval.jsonl"
+        data = run.dataset("standard")
+        return checkpoints, (data if data.is_dir() else None), run.eval_results
+    return [_external(target)], None, Run(target.parent).eval_results
 
 
 def _check_steps_held(target, spec: set[int], checkpoints: list[Checkpoint]) -> None:
@@ -174,7 +174,6 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
 
         check_harness_tasks(harness, data_dir)
     store = ResultStore(results or default_results)
-    keep_freed_memory()  # each batch's activations and logits reuse the last one's pages
     # Rows on another LAMBADA file must not pass for rows on the built-in items.
     label = {t: t for t in tasks}
     if lambada_file is not None and "lambada" in label:
@@ -197,6 +196,7 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
         else:
             if loaded is None or loaded[0] != checkpoint.folder:
                 model = load_model(checkpoint.folder)
+                speedups.attach(model)
                 loaded = (checkpoint.folder, Context(
                     model, load_tokenizer(checkpoint.folder), model.config.max_positions,
                     data_dir, Path(lambada_file) if lambada_file else None))

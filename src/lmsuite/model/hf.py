@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from lmsuite.data.tokenizer import load_tokenizer, save_tokenizer
+from lmsuite.durable import write_file
 from lmsuite.errors import DataFormatError
 from lmsuite.model.neox import GPTNeoX, NeoXConfig
 
@@ -60,12 +60,6 @@ def hf_config(cfg: NeoXConfig) -> dict:
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def save_model(model: GPTNeoX, folder: str | os.PathLike,
                tokenizer: Tokenizer | str | os.PathLike | None = None) -> None:
     """Write `model` (and `tokenizer`) as an HF GPT-NeoX folder that transformers loads as is.
@@ -83,10 +77,9 @@ def save_weights(state: dict[str, torch.Tensor], cfg: NeoXConfig, folder: str | 
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     if cfg.tie_embeddings:
         state.pop("embed_out.weight", None)
-    tmp = folder / f".model.safetensors.tmp-{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / "model.safetensors")
-    _write_json(folder / "config.json", hf_config(cfg))
+    write_file(folder / "model.safetensors",
+               lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    write_file(folder / "config.json", hf_config(cfg))
     if tokenizer is not None:
         if not isinstance(tokenizer, Tokenizer):
             tokenizer = load_tokenizer(tokenizer)
@@ -168,47 +161,6 @@ def read_model_config(folder: str | os.PathLike) -> NeoXConfig:
         return neox_config_from_hf(hf)
     except (KeyError, ValueError, TypeError) as e:
         raise DataFormatError(f"{path}: unusable GPT-NeoX config ({e})") from None
-
-
-# The weight files an HF folder may hold: one safetensors file, safetensors shards with their
-# index (the larger Pythia models), or, in older Pythia revisions, a PyTorch pickle.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def has_weights(folder: str | os.PathLike) -> bool:
-    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
-
-
-# A model's checkpoints: step<N>/ folders side by side, as lmsuite writes them and as Pythia's
-# revisions are laid out.
-STEP = re.compile(r"^step(\d+)$")
-
-
-def list_steps(model_dir: str | os.PathLike) -> list[int]:
-    """Steps of the step<N>/ folders in `model_dir` that hold weights, in any of the layouts an
-    HF folder may have (lmsuite's checkpoints, renamed into place whole, and Pythia's
-    revisions)."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(m.group(1)) for path in model_dir.iterdir()
-                  if (m := STEP.match(path.name)) and has_weights(path))
-
-
-def read_provenance(folder: str | os.PathLike) -> dict | None:
-    """lmsuite's record beside a checkpoint's weights (`provenance.json`: suite, model,
-    dataset, step, data hash, the settings it was trained with); None in a folder without one,
-    such as Pythia's."""
-    path = Path(folder) / "provenance.json"
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("model"), str):
-        raise DataFormatError(f'{path}: expected a JSON object naming its "model"')
-    return record
 
 
 def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,4 +1,8 @@
-"""GPT-NeoX as Pythia uses it, in plain PyTorch, with Hugging Face's parameter names and layouts."""
+"""GPT-NeoX as Pythia uses it, in plain PyTorch, with Hugging Face's parameter names and layouts.
+
+Read top-down: rotary embedding, attention, MLP, the layer, the config, the model. Optional
+CPU kernels (`lmsuite.accel`) attach to a built model from outside this file.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmsuite.config import ModelConfig
-from lmsuite.model.cpu_block import fused_parallel_block
-from lmsuite.model.cpu_kernels import (
-    fused_attention,
-    fused_cross_entropy,
-    fused_gelu,
-    fused_layer_norm_pair,
-)
+from lmsuite.config import ModelConfig, check_shape
 
 # --- rotary position embedding ------------------------------------------------------------
 
@@ -58,13 +55,8 @@ class NeoXAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
         b, t, d = x.shape
-        qkv = self.query_key_value(x)
-        if mask is None and kv is None:  # training and plain scoring: one fused kernel on CPU
-            y = fused_attention(qkv, cos, sin, self.heads)
-            if y is not None:
-                return self.dense(y)
         # (batch, heads, seq, 3 * head_dim)
-        qkv = qkv.view(b, t, self.heads, 3 * self.head_dim).transpose(1, 2)
+        qkv = self.query_key_value(x).view(b, t, self.heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv is not None:  # incremental decoding: attend to the cached keys too
@@ -87,11 +79,7 @@ class NeoXMLP(nn.Module):
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.dense_h_to_4h(x)
-        a = fused_gelu(h) if self.approximate == "none" else None
-        if a is None:
-            a = F.gelu(h, approximate=self.approximate)
-        return self.dense_4h_to_h(a)
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=self.approximate))
 
 
 class NeoXLayer(nn.Module):
@@ -105,16 +93,9 @@ class NeoXLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
-        if self.parallel_residual:
-            if mask is None and kv is None:  # training on CPU: the layer in one autograd step
-                out = fused_parallel_block(self, x, cos, sin)
-                if out is not None:
-                    return out
-            pair = fused_layer_norm_pair(x, self.input_layernorm, self.post_attention_layernorm)
-            if pair is None:
-                pair = self.input_layernorm(x), self.post_attention_layernorm(x)
-            return x + self.attention(pair[0], cos, sin, mask, kv) + self.mlp(pair[1])
         attn = self.attention(self.input_layernorm(x), cos, sin, mask, kv)
+        if self.parallel_residual:  # x + attn(ln1(x)) + mlp(ln2(x)), as Pythia
+            return x + attn + self.mlp(self.post_attention_layernorm(x))
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -156,14 +137,11 @@ class NeoXConfig:
     """"small_init" (Pythia <= 2.8B) or "normal" (Pythia 6.9B and 12B)."""
 
     def __post_init__(self) -> None:
+        check_shape(self.layers, self.d_model, self.heads, self.rotary_pct, self.init)
         if self.d_ff == 0:
             self.d_ff = 4 * self.d_model
-        if self.d_model % self.heads:
-            raise ValueError(f"heads={self.heads} must divide d_model={self.d_model}")
         if self.activation not in ("gelu", "gelu_tanh"):
             raise ValueError(f'activation must be "gelu" or "gelu_tanh", got {self.activation!r}')
-        if self.init not in ("small_init", "normal"):
-            raise ValueError(f'init must be "small_init" or "normal", got {self.init!r}')
 
     @property
     def rotary_dims(self) -> int:
@@ -249,11 +227,11 @@ class GPTNeoX(nn.Module):
         # Half-precision logits are scored in fp32; float64 ones keep their precision.
         flat_logits = logits.flatten(0, 1)
         flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))
-        flat_labels = labels.flatten()
-        loss = fused_cross_entropy(flat_logits, flat_labels, ignore_index=-100)
-        if loss is None:
-            loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
-        return logits, loss
+        return logits, self.cross_entropy(flat_logits, labels.flatten())
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of logits (rows, vocab) against labels (rows,), -100 ignored."""
+        return F.cross_entropy(logits, labels, ignore_index=-100)
 
     def init_weights(self, seed: int) -> None:
         """Pythia's initialization, drawn from a generator seeded with `seed`."""

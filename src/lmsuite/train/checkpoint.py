@@ -12,22 +12,27 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from lmsuite.durable import fsync_tree, put_back_moved_aside, replace_folder
+from lmsuite.durable import (
+    fsync_tree,
+    is_temporary,
+    put_back_moved_aside,
+    rename_away,
+    replace_folder,
+    temporary,
+)
 from lmsuite.errors import DataFormatError, LmsuiteError
-from lmsuite.model.hf import list_steps, read_weights, save_weights
+from lmsuite.model.hf import read_weights, save_weights
 from lmsuite.model.neox import NeoXConfig
+from lmsuite.runs import checkpoint_dir, list_steps
 
-# What stays beside the weights even when the trainer state is dropped: where they come from.
+# What stays beside the weights even when the trainer state is dropped: where they come from
+# and how they were computed.
 PROVENANCE = ("suite", "model", "dataset", "step", "tokens", "train_bin_sha256",
-              "train_samples", "lmsuite_version", "trajectory")
-
-
-def checkpoint_dir(model_dir: Path, step: int) -> Path:
-    return model_dir / f"step{step}"
+              "train_samples", "lmsuite_version", "trajectory", "compute")
 
 
 def list_checkpoints(model_dir: Path, with_trainer_state: bool = False) -> list[int]:
-    """Steps of the complete checkpoints in `model_dir` (`model.hf.list_steps`); with
+    """Steps of the complete checkpoints in `model_dir` (`runs.list_steps`); with
     `with_trainer_state`, only those a run can resume from."""
     return [step for step in list_steps(model_dir) if not with_trainer_state
             or (checkpoint_dir(model_dir, step) / "trainer_state" / "state.json").is_file()]
@@ -37,7 +42,7 @@ def save_checkpoint(model_dir: Path, step: int, model_state: dict, cfg: NeoXConf
                     tokenizer: Tokenizer, optimizer_state: dict, state: dict) -> Path:
     """Write step<step>/ (HF folder + trainer_state/) under a temporary name, then rename it."""
     final = checkpoint_dir(model_dir, step)
-    tmp = model_dir / f".step{step}.tmp-{os.getpid()}"
+    tmp = temporary(final)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_weights(model_state, cfg, tmp, tokenizer)
@@ -66,7 +71,7 @@ def drop_trainer_state(model_dir: Path, keep: int) -> None:
     for step in list_checkpoints(model_dir):
         folder = checkpoint_dir(model_dir, step)
         if step != keep and (folder / "trainer_state").is_dir():
-            os.replace(folder / "trainer_state", folder / "trainer_state.dropped")
+            rename_away(folder / "trainer_state", ".dropped")
         shutil.rmtree(folder / "trainer_state.dropped", ignore_errors=True)
 
 
@@ -90,8 +95,9 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
 def remove_stale_temporaries(model_dir: Path) -> None:
     """Delete half-written checkpoints left by a killed run, and put back a checkpoint it had
     moved aside to save the same step again (`durable.replace_folder`)."""
-    for tmp in model_dir.glob(".step*.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in model_dir.glob(".step*"):
+        if is_temporary(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
     put_back_moved_aside(model_dir)
 
 

@@ -8,27 +8,30 @@ import time
 from pathlib import Path
 
 from lmsuite.config import SuiteConfig
-from lmsuite.data.build import check_settings
-from lmsuite.train.trainer import (
+from lmsuite.runs import (
     DATASETS,
     SUITE_CONSEQUENCE,
+    Run,
+    check_data_settings,
     check_existing,
     is_finished,
     model_folder_name,
-    train,
 )
+from lmsuite.train.trainer import train
 
 
 def train_suite(suite: SuiteConfig, run_dir: str | os.PathLike,
                 progress: bool = True) -> list[Path]:
-    """Train (or finish) all 2 x len(models) runs of the suite; returns their folders.
-    The data and models already there are checked first: data built or a model trained under
-    other settings than the config's stops the suite before anything is built or trained."""
-    check_settings(Path(run_dir) / "data", suite)
+    """Train (or finish) all 2 x len(models) runs of the suite on its built data; returns their
+    folders. The data and models already there are checked first: data built or a model
+    trained under other settings than the config's stops the suite before anything is
+    trained."""
+    run = Run(run_dir)
+    check_data_settings(run.data, suite)
     runs = [(size, dataset) for size in suite.models for dataset in DATASETS]
     for size, dataset in runs:
-        check_existing(Path(run_dir), suite, size, dataset, SUITE_CONSEQUENCE)
-    finished = [is_finished(Path(run_dir), suite, size.name, dataset) for size, dataset in runs]
+        check_existing(run, suite, size, dataset, SUITE_CONSEQUENCE)
+    finished = [is_finished(run, suite, size.name, dataset) for size, dataset in runs]
     say = progress and os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
     folders, began = [], time.perf_counter()
     for number, ((size, dataset), done) in enumerate(zip(runs, finished, strict=True), 1):

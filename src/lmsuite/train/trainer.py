@@ -10,26 +10,32 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmsuite import __version__, blas
-from lmsuite.allocator import keep_freed_memory
-from lmsuite.config import ModelConfig, SuiteConfig, changed_settings
-from lmsuite.data.build import build_data
-from lmsuite.data.order import batch_at, read_manifest
+from lmsuite import __version__, speedups
+from lmsuite.config import SuiteConfig
+from lmsuite.data.order import batch_at
 from lmsuite.data.tokenizer import load_tokenizer
+from lmsuite.durable import write_file
 from lmsuite.errors import LmsuiteError
-from lmsuite.model.hf import read_provenance
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size
+from lmsuite.runs import (
+    RESUME_CONSEQUENCE,
+    Run,
+    check_dataset,
+    check_existing,
+    check_same_training,
+    checkpoint_dir,
+    read_manifest,
+    trajectory,
+)
 from lmsuite.train import distributed as dist
 from lmsuite.train.checkpoint import (
     ModelLock,
-    checkpoint_dir,
     drop_trainer_state,
     list_checkpoints,
     load_checkpoint,
@@ -37,76 +43,6 @@ from lmsuite.train.checkpoint import (
     save_checkpoint,
 )
 from lmsuite.train.schedule import checkpoint_steps, lr_at
-
-DATASETS = ("standard", "deduped")
-
-
-def model_folder_name(model: str, dataset: str) -> str:
-    """`<model>` for the standard dataset, `<model>-deduped` for the deduplicated one."""
-    return model if dataset == "standard" else f"{model}-deduped"
-
-
-def is_finished(run_dir: Path, suite: SuiteConfig, model: str, dataset: str) -> bool:
-    folder = Path(run_dir) / model_folder_name(model, dataset)
-    return suite.train.steps in list_checkpoints(folder)
-
-
-# Settings that change what the next steps do to a model: a run resumed under other values
-# would not continue the run its checkpoints began. (The micro-batch size changes results only
-# by float rounding; the checkpoint settings only what is kept.)
-NOT_TRAJECTORY = ("micro_batch_size", "checkpoint_every", "log_checkpoints", "keep_trainer_state")
-
-
-def trajectory(suite: SuiteConfig, size: ModelConfig) -> dict:
-    """The settings a checkpoint was trained under, as `section.field` -> value (JSON types)."""
-    settings = {"seed": suite.seed, "data.seq_len": suite.data.seq_len}
-    settings.update({f"model.{k}": v for k, v in asdict(size).items()})
-    settings.update({f"train.{k}": v for k, v in asdict(suite.train).items()
-                     if k not in NOT_TRAJECTORY})
-    return json.loads(json.dumps(settings))
-
-
-def check_same_training(where: Path, record: dict, suite: SuiteConfig, size: ModelConfig,
-                        manifest: dict | None, consequence: str) -> None:
-    """Refuse when a checkpoint's record (its state.json or provenance.json) says it was
-    trained under other settings or on other data than the config and dataset give now;
-    `consequence` says what that would break and what to do."""
-    step = record.get("step")
-    saved = record.get("trajectory")
-    if saved is not None:
-        changed = changed_settings(saved, trajectory(suite, size))
-        if changed:
-            raise LmsuiteError(f"{where}: step {step} was trained with {changed}. {consequence}")
-    sha = record.get("train_bin_sha256")
-    if manifest is None or sha is None:
-        return
-    # A build with the same settings but more samples begins with the same samples (see
-    # data.build.build_params), so only a train.bin of the same length must hash the same.
-    same_length = record.get("train_samples") in (None, manifest["counts"]["train_samples"])
-    if sha != manifest["sha256"]["train.bin"] and same_length:
-        raise LmsuiteError(f"{where}: step {step} was trained on a train.bin with sha256 {sha}; "
-                           f"the dataset's is now {manifest['sha256']['train.bin']}. "
-                           f"{consequence}")
-
-
-RESUME_CONSEQUENCE = ("Resuming would not continue that run: restore those settings, or train "
-                      "into another folder (--out)")
-SUITE_CONSEQUENCE = ("The run folder's models would not all be trained as the config says: "
-                     "restore those settings, or train the suite into another folder (--out)")
-
-
-def check_existing(run_dir: Path, suite: SuiteConfig, size: ModelConfig, dataset: str,
-                   consequence: str) -> None:
-    """The newest checkpoint of a model in a run folder, if it has one, was trained as the
-    config says (its provenance.json tells; the data is compared when it is built). Cheap: it
-    reads JSON only, so it runs before anything is built or trained."""
-    model_dir = Path(run_dir) / model_folder_name(size.name, dataset)
-    saved = list_checkpoints(model_dir)
-    newest = checkpoint_dir(model_dir, saved[-1]) if saved else None
-    record = read_provenance(newest) if newest is not None else None
-    if record is not None:
-        check_same_training(newest / "provenance.json", record, suite, size,
-                            read_manifest(Path(run_dir) / "data" / dataset), consequence)
 
 
 @contextmanager
@@ -144,23 +80,12 @@ def check_batch_split(batch_size: int, micro_batch_size: int, world_size: int) -
                            "processes); choose one that does")
 
 
-def ensure_data(suite: SuiteConfig, run_dir: Path, dataset: str, world: dist.World,
-                progress: bool = True) -> Path:
-    """RUN_DIR/data/<dataset>, built first (by rank 0) when it is missing."""
-    if dataset not in DATASETS:
-        raise LmsuiteError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    data_dir = run_dir / "data"
-    if world.main:
-        build_data(suite, data_dir, progress=progress)
-    dist.barrier(world)
-    return data_dir / dataset
-
-
 def check_data(data_dir: Path, suite: SuiteConfig, cfg: NeoXConfig) -> dict:
     """The dataset's manifest, once it is known to fit this model and schedule."""
     manifest = read_manifest(data_dir)
     if manifest is None:
-        raise LmsuiteError(f"{data_dir}: no manifest.json; not a dataset built by lmsuite")
+        raise LmsuiteError(f"{data_dir}: no built dataset (no manifest.json); `lmsuite train` "
+                           "and `lmsuite data build` build it")
     seq_len = manifest["params"]["data"]["seq_len"]
     if seq_len != suite.data.seq_len:
         raise LmsuiteError(f"{data_dir}: samples hold seq_len {seq_len} (+1) tokens, "
@@ -176,7 +101,7 @@ def check_data(data_dir: Path, suite: SuiteConfig, cfg: NeoXConfig) -> dict:
     return manifest
 
 
-def make_optimizer(model: torch.nn.Module, size: ModelConfig, suite: SuiteConfig,
+def make_optimizer(model: torch.nn.Module, size, suite: SuiteConfig,
                    fused: bool) -> torch.optim.AdamW:
     """AdamW as GPT-NeoX sets it up: no weight decay on biases and LayerNorm parameters."""
     t = suite.train
@@ -189,25 +114,21 @@ def make_optimizer(model: torch.nn.Module, size: ModelConfig, suite: SuiteConfig
 
 
 class Trainer:
-    """Trains one size of a suite on one of its datasets into RUN_DIR/<model>[-deduped]/."""
+    """Trains one size of a suite on one of its built datasets into RUN_DIR/<model>[-deduped]/
+    (the data must be built first: `data.build.build_data`)."""
 
     def __init__(self, suite: SuiteConfig, model: str, dataset: str, run_dir: str | os.PathLike,
                  fsdp: bool = False, progress: bool = True):
         self.suite, self.size = suite, suite.model(model)
-        self.dataset, self.fsdp, self.progress = dataset, fsdp, progress
-        self.run_dir = Path(run_dir)
-        self.model_dir = self.run_dir / model_folder_name(model, dataset)
+        self.dataset, self.fsdp, self.progress = check_dataset(dataset), fsdp, progress
+        self.run_folder = Run(run_dir)
+        self.model_dir = self.run_folder.model(model, dataset)
         self.world = dist.init_world()
         if fsdp and self.world.size == 1:
             raise LmsuiteError("--fsdp shards the model over processes: run it under torchrun "
                                "with more than one (torchrun --nproc_per_node N -m lmsuite "
                                "train ...)")
         check_batch_split(suite.train.batch_size, suite.train.micro_batch_size, self.world.size)
-        keep_freed_memory()
-        if self.world.device.type == "cpu" and blas.state() == "late" and self.world.main:
-            print("lmsuite train: torch was imported before lmsuite, so MKL runs its generic, "
-                  "slower matrix products on this AMD CPU; import lmsuite first "
-                  "(lmsuite/blas.py)", file=sys.stderr)
         if suite.train.precision == "bf16" and self.world.device.type != "cuda" and \
                 self.world.main:
             print('lmsuite train: precision = "bf16" is autocast on GPUs; on this CPU it trains '
@@ -253,7 +174,7 @@ class Trainer:
                      "world_size": self.world.size, "lmsuite_version": __version__,
                      "train_bin_sha256": self.manifest["sha256"]["train.bin"],
                      "train_samples": self.manifest["counts"]["train_samples"],
-                     "trajectory": trajectory(self.suite, self.size)}
+                     "trajectory": trajectory(self.suite, self.size), "compute": self.compute}
             save_checkpoint(self.model_dir, step, model_state, self.cfg, self.tokenizer,
                             optimizer_state, state)
             if not self.suite.train.keep_trainer_state:
@@ -265,8 +186,7 @@ class Trainer:
     def setup(self, resume: bool) -> int:
         """Build the model and optimizer, restore the newest checkpoint when resuming; returns
         the step to continue from."""
-        self.data_dir = ensure_data(self.suite, self.run_dir, self.dataset, self.world,
-                                    self.progress)
+        self.data_dir = self.run_folder.dataset(self.dataset)
         self.manifest = check_data(self.data_dir, self.suite, self.cfg)
         self.tokenizer = load_tokenizer(self.data_dir)
         self.tokens_per_step = self.suite.train.batch_size * self.suite.data.seq_len
@@ -274,7 +194,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         model = GPTNeoX(self.cfg)
         model.init_weights(self.suite.seed)
-        self.model = dist.wrap(model.to(self.world.device), self.world, self.fsdp)
+        model = model.to(self.world.device)
+        self.compute = speedups.compute_path(speedups.attach(model))
+        self.model = dist.wrap(model, self.world, self.fsdp)
         self.optimizer = make_optimizer(self.model, self.size, self.suite, fused=not self.fsdp)
         saved = list_checkpoints(self.model_dir, with_trainer_state=True)
         if saved and not resume:
@@ -286,9 +208,18 @@ class Trainer:
         model_state, optimizer_state, state = load_checkpoint(newest)
         check_same_training(newest / "trainer_state" / "state.json", state, self.suite,
                             self.size, self.manifest, RESUME_CONSEQUENCE)
+        self._say_if_computed_otherwise(newest, state.get("compute"))
         dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
         self.elapsed_before = state["elapsed_s"]
         return saved[-1]
+
+    def _say_if_computed_otherwise(self, checkpoint: Path, saved: dict | None) -> None:
+        """One line when the resumed run computes on another path than the checkpoint's
+        (kernels, matrix products): it continues correctly, but not byte for byte."""
+        if saved is not None and saved != self.compute and self.world.main:
+            print(f"lmsuite train: {checkpoint} was computed with {_path_text(saved)}, this "
+                  f"process computes with {_path_text(self.compute)}; training continues "
+                  "correctly but not byte-identical to a run never stopped", file=sys.stderr)
 
     def run(self, resume: bool = False) -> Path:
         """Train to the last step (or resume from the newest checkpoint); returns the folder.
@@ -302,8 +233,8 @@ class Trainer:
             with sigterm_exits(), ModelLock(self.model_dir) if self.world.main else nullcontext():
                 if self.world.main:
                     remove_stale_temporaries(self.model_dir)
-                if resume:  # before the data is built, which at scale takes hours
-                    check_existing(self.run_dir, self.suite, self.size, self.dataset,
+                if resume:  # before anything is loaded
+                    check_existing(self.run_folder, self.suite, self.size, self.dataset,
                                    RESUME_CONSEQUENCE)
                 self.elapsed_before = 0.0
                 start = self.setup(resume)
@@ -360,9 +291,12 @@ def _truncate_metrics(path: Path, start: int) -> None:
                 rows.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # the torn last line of a run killed while writing it
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(row + "\n" for row in rows))
-    os.replace(tmp, path)
+    write_file(path, "".join(row + "\n" for row in rows))
+
+
+def _path_text(compute: dict) -> str:
+    kernels = ", ".join(compute.get("cpu_kernels") or []) or "none"
+    return f"CPU kernels {kernels} and {compute.get('blas')} matrix products"
 
 
 def train(suite: SuiteConfig, model: str, dataset: str, run_dir: str | os.PathLike,
