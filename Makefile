@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: install
 # pytest exits 5 when no test is marked slow; that is not a failure.
 test-slow: install
 	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
+
+# Benchmarks into benchmarks/results/ and benchmarks/RESULTS.md (all: about an hour on 2 cores);
+# `make bench BENCH="train mkl"` runs some of them.
+bench: install
+	$(BIN)/python benchmarks/run.py $(BENCH)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,17 +1,20 @@
 """What `keep_freed_memory` saves: allocating and filling a 32 MB tensor (the logits of a
 16 x 128 batch over a 4096-token vocabulary), freed after each use, with and without it.
-Each setting runs in its own process. One JSON line.
+Each setting runs in its own process, the two taking turns. One result line.
+
+    .venv/bin/python benchmarks/bench_allocator.py [--rounds 5]
 """
 
-import json
+import argparse
 import subprocess
 import sys
-import time
+
+from common import emit, figure
 
 WORKER = """
 import sys, time, torch
 if sys.argv[1] == "keep":
-    from lmsuite.allocator import keep_freed_memory
+    from lmsuite.accel.allocator import keep_freed_memory
     assert keep_freed_memory()
 torch.set_num_threads(2)
 best = 1e9
@@ -31,8 +34,14 @@ def run(mode: str) -> float:
 
 
 if __name__ == "__main__":
-    start = time.strftime("%H:%M")
-    default, keep = run("default"), run("keep")
-    print(json.dumps({"benchmark": "allocator", "tensor_mb": 32, "at": start,
-                      "default_ms": round(default, 2), "keep_freed_memory_ms": round(keep, 2),
-                      "ratio": round(default / keep, 1)}))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    default, keep = [], []
+    for _ in range(args.rounds):
+        default.append(run("default"))
+        keep.append(run("keep"))
+    emit("allocator", "32 MB tensor", {
+        "default_ms": figure(default, "ms"), "keep_freed_memory_ms": figure(keep, "ms"),
+        "ratio": figure([d / k for d, k in zip(default, keep, strict=True)], "x")},
+        rounds=args.rounds)

@@ -7,21 +7,22 @@ that time back from lmsuite's eager model. One JSON line per size.
     .venv/bin/python benchmarks/bench_compile.py [configs/tiny.toml] [--models tiny-3,tiny-8]
 """
 
-import argparse  # noqa: I001  (lmsuite before torch, as its commands import them: lmsuite/blas.py)
-import json
+import argparse
 import os
 import tempfile
 import time
 from contextlib import nullcontext
 
-import lmsuite  # noqa: F401
-import torch
+from common import configure, emit, figure
 
-from lmsuite.allocator import keep_freed_memory
-from lmsuite.config import load_suite
-from lmsuite.model import cpu_kernels
-from lmsuite.model.neox import GPTNeoX, config_for_size
-from lmsuite.train.trainer import make_optimizer
+configure()
+
+import torch  # noqa: E402
+
+from lmsuite import accel  # noqa: E402
+from lmsuite.config import load_suite  # noqa: E402
+from lmsuite.model.neox import GPTNeoX, config_for_size  # noqa: E402
+from lmsuite.train.trainer import make_optimizer  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +38,6 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    keep_freed_memory()
     suite = load_suite(args.config)
     batch = torch.randint(0, suite.data.vocab_size,
                           (suite.train.micro_batch_size, suite.data.seq_len + 1))
@@ -45,15 +45,16 @@ def run(args: argparse.Namespace) -> None:
     for name in args.models.split(","):
         size = suite.model(name)
         cfg = config_for_size(size, suite.data.vocab_size, suite.data.seq_len)
-        result = {"benchmark": "compile", "model": name}
+        result = {}
         for mode in ("eager", "eager_pytorch_ops", "compiled"):
             model = GPTNeoX(cfg)
             model.init_weights(0)
+            accel.install(model)
             optimizer = make_optimizer(model, size, suite, fused=True)
             forward = torch.compile(model) if mode == "compiled" else model
 
             def step(forward=forward, model=model, optimizer=optimizer, mode=mode):
-                with cpu_kernels.disabled() if mode == "eager_pytorch_ops" else nullcontext():
+                with accel.disabled() if mode == "eager_pytorch_ops" else nullcontext():
                     loss = forward(batch[:, :-1], labels=batch[:, 1:])[1]
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -72,8 +73,11 @@ def run(args: argparse.Namespace) -> None:
         per_step = {m: tokens / result[f"{m}_tokens_per_s"] for m in ("eager", "compiled")}
         saved = per_step["eager"] - per_step["compiled"]
         extra = result["compiled_first_two_steps_s"] - result["eager_first_two_steps_s"]
-        result["break_even_steps"] = round(extra / saved) if saved > 0 else None
-        print(json.dumps(result), flush=True)
+        emit("compile", name, {
+            f"{m}_tokens_per_s": figure(result[f"{m}_tokens_per_s"], "tokens/s", 0)
+            for m in ("eager", "eager_pytorch_ops", "compiled")} | {
+            "compile_s": figure(extra, "s (first two steps, over eager's)", 1)},
+            break_even_steps=round(extra / saved) if saved > 0 else None, steps=args.steps)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What MKL's tuned products (lmsuite/blas.py) change on this CPU: every matrix product of a
+"""What MKL's tuned products (lmsuite/accel/blas.py) change on this CPU: every matrix product of a
 tiny model's training step, timed in processes on MKL's tuned path and on its own choice
 (LMSUITE_MKL_TUNED=0), taking turns. One JSON line per product shape, then a summary line with
 the time of one step's products (each layer shape counted once per layer) on each path.
@@ -9,15 +9,17 @@ the time of one step's products (each layer shape counted once per layer) on eac
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
+from common import emit, figure
+
 WORKER = """
 import json, sys, time
-import lmsuite
+import lmsuite.accel
+lmsuite.accel.configure_process()
 import torch
-from lmsuite import blas
+from lmsuite.accel import blas
 
 shapes = json.loads(sys.argv[1])
 gen = torch.Generator().manual_seed(0)
@@ -70,7 +72,7 @@ def main() -> None:
             result = json.loads(proc.stdout)
             if path == "tuned" and result["state"] != "tuned":
                 sys.exit(f"MKL's tuned products do not apply here ({result['state']}): "
-                         "see lmsuite/blas.py")
+                         "see lmsuite/accel/blas.py")
             times[path].append(result["ms"])
     per_step = {"tuned": [0.0] * args.pairs, "generic": [0.0] * args.pairs}
     for i, (name, layer, (m, k, n, _)) in enumerate(shapes):
@@ -80,19 +82,16 @@ def main() -> None:
                 per_step[path][p] += uses * times[path][p][i]
         tuned = [t[i] for t in times["tuned"]]
         generic = [t[i] for t in times["generic"]]
-        print(json.dumps({
-            "benchmark": "mkl", "product": name, "m_k_n": [m, k, n],
-            "tuned_gflops": round(2 * m * k * n / statistics.median(tuned) / 1e6, 1),
-            "generic_gflops": round(2 * m * k * n / statistics.median(generic) / 1e6, 1),
-            "speedup": round(statistics.median(
-                [g / t for g, t in zip(generic, tuned, strict=True)]), 2)}))
-    ratios = [g / t for g, t in zip(per_step["generic"], per_step["tuned"], strict=True)]
-    print(json.dumps({
-        "benchmark": "mkl_summary", "model": args.model, "pairs": args.pairs,
-        "step_products_tuned_ms": round(statistics.median(per_step["tuned"]), 1),
-        "step_products_generic_ms": round(statistics.median(per_step["generic"]), 1),
-        "speedup": round(statistics.median(ratios), 2),
-        "speedup_range": [round(min(ratios), 2), round(max(ratios), 2)]}))
+        emit("mkl", name, {
+            "speedup": figure([g / t for g, t in zip(generic, tuned, strict=True)], "x"),
+            "tuned_gflops": figure([2 * m * k * n / t / 1e6 for t in tuned], "GFLOP/s", 1),
+            "generic_gflops": figure([2 * m * k * n / g / 1e6 for g in generic], "GFLOP/s", 1)},
+            m_k_n=[m, k, n], pairs=args.pairs)
+    emit("mkl", f"one {args.model} step's products", {
+        "speedup": figure([g / t for g, t in zip(per_step["generic"], per_step["tuned"],
+                                                 strict=True)], "x"),
+        "tuned_ms": figure(per_step["tuned"], "ms", 1),
+        "generic_ms": figure(per_step["generic"], "ms", 1)}, pairs=args.pairs)
 
 
 if __name__ == "__main__":

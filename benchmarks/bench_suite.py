@@ -10,14 +10,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from common import configure, emit, figure
 
-from lmsuite.config import load_suite
-from lmsuite.data.build import build_data
-from lmsuite.data.indexed import IndexedDataset
-from lmsuite.evaluate.runner import evaluate
-from lmsuite.results import read_rows
-from lmsuite.train.suite import train_suite
+configure()
+
+import numpy as np  # noqa: E402
+
+from lmsuite.config import load_suite  # noqa: E402
+from lmsuite.data.build import build_data  # noqa: E402
+from lmsuite.data.indexed import IndexedDataset  # noqa: E402
+from lmsuite.evaluate.runner import evaluate  # noqa: E402
+from lmsuite.results import read_rows  # noqa: E402
+from lmsuite.train.suite import train_suite  # noqa: E402
 
 
 def unigram_baseline(data_dir: Path) -> dict:
@@ -59,14 +63,14 @@ def main() -> None:
             per_model[name]["val_loss_nats"] = round(row["value"], 4)
     baseline = unigram_baseline(out / "data" / "standard")
     largest = per_model[suite.models[-1].name]["val_loss_nats"]
-    print(json.dumps({
-        "benchmark": "suite", "config": args.config, "models": len(per_model),
-        "steps": suite.train.steps, "tokens_per_model": suite.train.steps *
-        suite.train.batch_size * suite.data.seq_len, "data_build_s": round(data_s, 1),
-        "train_all_s": round(train_s, 1), "train_all_min": round(train_s / 60, 2),
-        **baseline, "per_model": per_model, "largest_val_loss_over_unigram": round(
-            largest / baseline["unigram_val_cross_entropy_nats"], 3),
-    }))
+    emit("suite", args.config, {
+        "data_build_s": figure(data_s, "s", 1), "train_all_s": figure(train_s, "s", 1),
+        "largest_val_loss_nats": figure(largest, "nats/token"),
+        "unigram_val_cross_entropy_nats": figure(
+            baseline["unigram_val_cross_entropy_nats"], "nats/token")},
+        models=len(per_model), steps=suite.train.steps,
+        tokens_per_model=suite.train.steps * suite.train.batch_size * suite.data.seq_len,
+        per_model=per_model, **baseline)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Tokenization throughput (MB/s of UTF-8 text) with batch encoding, as `data build` does."""
+"""Tokenization throughput (MB/s of UTF-8 text) with batch encoding, as `data build` does,
+with a trained 4096-token BPE and (where ../shared/pythia holds it) Pythia's tokenizer.
 
-import json
-import os
+    .venv/bin/python benchmarks/bench_tokenize.py [DOCUMENTS]
+"""
+
 import sys
 import time
 from pathlib import Path
+
+from common import emit, figure
 
 from lmsuite.config import SyntheticConfig
 from lmsuite.data.synthetic import generate_corpus
@@ -26,10 +30,9 @@ texts, *_ = generate_corpus(SyntheticConfig(), DOCS, seed=1)
 start = time.perf_counter()
 tok = train_tokenizer(texts, 4096)
 train_s = time.perf_counter() - start
-result = {"benchmark": "tokenize", "cores": os.cpu_count(), "documents": DOCS,
-          "corpus_mb": round(sum(len(t.encode()) for t in texts) / 1e6, 1),
-          "train_bpe_4096_s": round(train_s, 2),
-          "encode_mb_per_s_bpe4096": round(throughput(tok, texts), 1)}
+figures = {"train_bpe_4096_s": figure(train_s, "s", 2),
+           "encode_bpe_4096": figure(throughput(tok, texts), "MB/s", 2)}
 if PYTHIA.is_file():
-    result["encode_mb_per_s_pythia20b"] = round(throughput(load_tokenizer(PYTHIA), texts), 1)
-print(json.dumps(result))
+    figures["encode_pythia_20b"] = figure(throughput(load_tokenizer(PYTHIA), texts), "MB/s", 2)
+emit("tokenize", f"{DOCS:,} built-in documents", figures,
+     corpus_mb=round(sum(len(t.encode()) for t in texts) / 1e6, 1))

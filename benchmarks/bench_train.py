@@ -2,13 +2,15 @@
 
 Same shape, batch, data and optimizer (AdamW with GPT-NeoX's weight-decay groups, clipping
 1.0) for every size of a suite. Each implementation lives in its own worker process:
-- "lmsuite": lmsuite's model and optimizer, with the trainer's runtime settings
-  (`keep_freed_memory`, fused AdamW, deterministic algorithms);
+- "lmsuite": lmsuite's model and optimizer as its trainer runs them: the `lmsuite` command's
+  process settings (`accel.configure_process()`), the CPU kernels attached, fused AdamW,
+  deterministic algorithms;
 - "transformers": GPTNeoXForCausalLM in a plain PyTorch loop (foreach AdamW), as users run it
-  (without lmsuite's runtime settings: MKL's own choice of products, glibc's malloc settings);
-- "transformers+runtime": the same with lmsuite's runtime settings (`keep_freed_memory` and,
-  on AMD CPUs, MKL's tuned products: lmsuite/blas.py), to show how much of the difference
-  those settings alone make.
+  (without lmsuite's process settings: MKL's own choice of products, glibc's malloc settings);
+- "transformers+runtime": the same with lmsuite's process settings, to show how much of the
+  difference those settings alone make;
+- with `--before SRC`, "lmsuite@before": lmsuite as another source tree (an earlier commit's
+  `src/`) has it, timed in the same rounds, so a change is measured against its own past.
 
 This machine's speed drifts by tens of percent over minutes, so the workers take turns: each
 round times every implementation once on the same size (in a rotating order) while the
@@ -18,29 +20,17 @@ the workers' turns, so that it drifts with them) and the share of it lmsuite rea
 Prints one JSON line per size, then a summary line.
 """
 
-import argparse  # noqa: I001  (lmsuite before torch, as its commands import them: lmsuite/blas.py)
-import json
+import argparse
 import os
 import statistics
 import subprocess
 import sys
 import time
 
-import lmsuite  # noqa: F401
-import torch
+from common import configure, emit, figure, matmul_gflops
 
 IMPLEMENTATIONS = ("lmsuite", "transformers", "transformers+runtime")
-
-
-def matmul_gflops(n: int = 1024, seconds: float = 0.5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    start, count = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+BEFORE = "lmsuite@before"
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
@@ -55,17 +45,24 @@ def flops_per_token(cfg, seq_len: int) -> float:
 def worker(impl: str, config: str) -> None:
     """Serve timing requests: read `<size> <seconds>` lines, answer each with the tokens/s of
     training that size for that long (after warm-up steps the first time)."""
+    if impl == BEFORE:
+        attach = _before_tree_settings()
+    else:
+        if impl != "transformers":
+            configure()
+        import lmsuite.accel
+
+        attach = lmsuite.accel.install
+    import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from lmsuite.allocator import keep_freed_memory
     from lmsuite.config import load_suite
     from lmsuite.model.hf import hf_config
     from lmsuite.model.neox import GPTNeoX, config_for_size
     from lmsuite.train.trainer import make_optimizer
 
-    if impl in ("lmsuite", "transformers+runtime"):
-        keep_freed_memory()
-    if impl == "lmsuite":
+    ours = impl in ("lmsuite", BEFORE)
+    if ours:
         torch.use_deterministic_algorithms(True)
     suite = load_suite(config)
     b, length = suite.train.micro_batch_size, suite.data.seq_len + 1
@@ -77,9 +74,10 @@ def worker(impl: str, config: str) -> None:
     def build(name: str):
         size = suite.model(name)
         cfg = config_for_size(size, suite.data.vocab_size, suite.data.seq_len)
-        if impl == "lmsuite":
+        if ours:
             model = GPTNeoX(cfg)
             model.init_weights(0)
+            attach(model)
             optimizer = make_optimizer(model, size, suite, fused=True)
 
             def loss_of(batch):
@@ -122,6 +120,16 @@ def worker(impl: str, config: str) -> None:
         print(tokens / (time.perf_counter() - start), flush=True)
 
 
+def _before_tree_settings():
+    """The process settings of an lmsuite tree from before `accel` (its `import lmsuite` set
+    them, and its model ran its kernels by itself); returns its way to attach kernels."""
+    import lmsuite  # noqa: F401, I001  (that tree's import loads MKL's tuned products)
+    from lmsuite.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    return lambda model: None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", nargs="?", default="configs/tiny.toml")
@@ -129,11 +137,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5,
                         help="per size, implementation and round")
     parser.add_argument("--models", help="comma-separated sizes (default: all)")
-    parser.add_argument("--worker", choices=IMPLEMENTATIONS)
+    parser.add_argument("--before", metavar="SRC",
+                        help="also time lmsuite from this source tree (an earlier src/)")
+    parser.add_argument("--worker", choices=[*IMPLEMENTATIONS, BEFORE])
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.config)
         return
+    configure()
     from lmsuite.config import load_suite
     from lmsuite.model.neox import config_for_size
 
@@ -141,11 +152,21 @@ def main() -> None:
     names = args.models.split(",") if args.models else suite.model_names()
     for name in names:
         suite.model(name)  # an unknown size fails here, with the sizes there are
+    implementations = IMPLEMENTATIONS + ((BEFORE,) if args.before else ())
+
+    def environment(impl: str) -> dict:
+        env = dict(os.environ)
+        if impl == "transformers":
+            env["LMSUITE_MKL_TUNED"] = "0"
+        if impl == BEFORE:
+            env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(args.before),
+                                                 env.get("PYTHONPATH", "")])
+        return env
+
     workers = {impl: subprocess.Popen(
         [sys.executable, __file__, args.config, "--worker", impl],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, **({"LMSUITE_MKL_TUNED": "0"} if impl == "transformers" else {})})
-        for impl in IMPLEMENTATIONS}
+        env=environment(impl)) for impl in implementations}
 
     def answer(impl: str) -> str:
         line = workers[impl].stdout.readline().strip()
@@ -154,7 +175,7 @@ def main() -> None:
                      f"{impl}` and type a size and a duration to see why")
         return line
 
-    for impl in IMPLEMENTATIONS:
+    for impl in implementations:
         answer(impl)  # "ready"
 
     def measure(impl: str, name: str) -> float:
@@ -162,42 +183,42 @@ def main() -> None:
         workers[impl].stdin.flush()
         return float(answer(impl))
 
-    speedups, peaks = {}, []
     for name in names:
-        rates = {impl: [] for impl in IMPLEMENTATIONS}
+        rates = {impl: [] for impl in implementations}
         size_peaks = []
         for r in range(args.rounds):
-            order = IMPLEMENTATIONS[r % 3:] + IMPLEMENTATIONS[:r % 3]
-            for impl in order:
+            k = r % len(implementations)
+            for impl in implementations[k:] + implementations[:k]:
                 rates[impl].append(measure(impl, name))
             size_peaks.append(matmul_gflops())
         peak = statistics.median(size_peaks)
-        peaks += size_peaks
-        ours, hf, hf_runtime = (rates[i] for i in IMPLEMENTATIONS)
-        ratio = [a / b for a, b in zip(ours, hf, strict=True)]
-        ratio_runtime = [a / b for a, b in zip(ours, hf_runtime, strict=True)]
+        hf = rates["transformers"]
+
+        def over(impl: str, base: list[float] = hf, rates: dict = rates) -> list[float]:
+            return [a / b for a, b in zip(rates[impl], base, strict=True)]
+
         cfg = config_for_size(suite.model(name), suite.data.vocab_size, suite.data.seq_len)
-        achieved = statistics.median(ours) * flops_per_token(cfg, suite.data.seq_len) / 1e9
-        speedups[name] = round(statistics.median(ratio), 2)
-        print(json.dumps({
-            "benchmark": "train", "model": name, "d_model": cfg.d_model, "layers": cfg.layers,
-            "batch": [suite.train.micro_batch_size, suite.data.seq_len], "rounds": args.rounds,
-            "lmsuite_tokens_per_s": round(statistics.median(ours)),
-            "transformers_tokens_per_s": round(statistics.median(hf)),
-            "transformers_runtime_tokens_per_s": round(statistics.median(hf_runtime)),
-            "speedup": round(statistics.median(ratio), 2),
-            "speedup_range": [round(min(ratio), 2), round(max(ratio), 2)],
-            "speedup_same_runtime": round(statistics.median(ratio_runtime), 2),
-            "achieved_gflops": round(achieved, 1),
-            "matmul_fp32_gflops": round(peak, 1),
-            "share_of_matmul_peak": round(achieved / peak, 3),
-        }), flush=True)
+        per_token = flops_per_token(cfg, suite.data.seq_len)
+        figures = {
+            "speedup": figure(over("lmsuite"), "x transformers"),
+            "speedup_same_runtime": figure(over("lmsuite", rates["transformers+runtime"]),
+                                           "x transformers with lmsuite's process settings"),
+            "lmsuite_tokens_per_s": figure(rates["lmsuite"], "tokens/s", 0),
+            "transformers_tokens_per_s": figure(hf, "tokens/s", 0),
+            "share_of_matmul_peak": figure([r * per_token / 1e9 / p for r, p in
+                                            zip(rates["lmsuite"], size_peaks, strict=True)],
+                                           "of the 1024^3 fp32 rate"),
+        }
+        if args.before:
+            figures["speedup_before"] = figure(over(BEFORE), "x transformers, --before tree")
+            figures["after_over_before"] = figure(over("lmsuite", rates[BEFORE]), "x")
+        emit("train", name, figures, matmul_in_process_gflops=round(peak, 1),
+             d_model=cfg.d_model, layers=cfg.layers,
+             batch=[suite.train.micro_batch_size, suite.data.seq_len], rounds=args.rounds,
+             before=args.before)
     for w in workers.values():
         w.stdin.close()
         w.wait()
-    print(json.dumps({"benchmark": "train_summary", "threads": torch.get_num_threads(),
-                      "matmul_fp32_gflops": round(statistics.median(peaks), 1),
-                      "speedups": speedups}))
 
 
 if __name__ == "__main__":
