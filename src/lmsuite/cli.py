@@ -161,6 +161,59 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"results in {path}")
 
 
+def cmd_memorization(args: argparse.Namespace) -> None:
+    from lmsuite.analysis.memorization import memorization
+
+    path = memorization(args.target, steps=args.steps, k=args.k, pythia_score=args.pythia_score,
+                        heldout=args.heldout, data=args.data, batch_size=args.batch_size,
+                        seq_len=args.seq_len, results=args.results,
+                        progress=not args.no_progress)
+    print(f"results in {path}")
+
+
+def cmd_frequency(args: argparse.Namespace) -> None:
+    from lmsuite.analysis.frequency import frequency
+
+    path = frequency(args.target, steps=args.steps, data=args.data, batch_size=args.batch_size,
+                     seq_len=args.seq_len, results=args.results, progress=not args.no_progress)
+    print(f"results in {path}")
+
+
+def cmd_find(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from lmsuite.analysis.find import find
+
+    found = find(args.target, args.text, dataset=args.dataset, limit=args.limit,
+                 batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(asdict(found), indent=2))
+        return
+    counts = ", ".join(f"{v!r}: {n}" for v, n in found.variants.items())
+    first = "never" if found.first_step is None else f"first at step {found.first_step}"
+    print(f"{found.count} occurrences in training ({counts}); {first}")
+    for o in found.occurrences:
+        where = "" if o.document is None else f", document {o.document} token {o.document_offset}"
+        print(f"step {o.step}, sample {o.item} token {o.offset}{where}: {o.text!r}")
+    if found.count > len(found.occurrences):
+        print(f"... {found.count - len(found.occurrences)} more (--limit)")
+
+
+def _study_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("target", help="a run folder, one model folder, or a Pythia model "
+                         "folder (its step<N>/ revisions, or one HF folder) with --data")
+    command.add_argument("--steps", default="log",
+                         help="all, log (0, powers of two, last; the default) or 0,100,200")
+    command.add_argument("--data", help="the training data (default: the run's dataset of "
+                         "each model); Pythia's pre-shuffled files with --batch-size 1024 "
+                         "--seq-len 2048")
+    command.add_argument("--batch-size", type=int, help="sequences per step (default: from "
+                         "the data's manifest)")
+    command.add_argument("--seq-len", type=int, help="check that samples hold this + 1 tokens")
+    command.add_argument("--results", help="results file (default: <run>/results/<study>.jsonl)")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmsuite", description="Train and study suites of language models, as Pythia.")
@@ -246,6 +299,32 @@ def build_parser() -> argparse.ArgumentParser:
                           "(lmsuite_lambada, lmsuite_arithmetic, or tasks in the local cache)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
+
+    memorize = commands.add_parser("memorization", parents=[common],
+                                   help="which training samples each checkpoint memorized")
+    _study_arguments(memorize)
+    memorize.add_argument("--k", type=int, default=32, help="prompt and target length (32)")
+    memorize.add_argument("--pythia-score", action="store_true",
+                          help="also Pythia's fractional score (generates for the samples "
+                          "not memorized)")
+    memorize.add_argument("--heldout", type=int, default=1024,
+                          help="held-out validation windows scanned as a control (1024)")
+    memorize.set_defaults(func=cmd_memorization)
+
+    frequency = commands.add_parser("frequency", parents=[common],
+                                    help="accuracy against pretraining term frequency")
+    _study_arguments(frequency)
+    frequency.set_defaults(func=cmd_frequency)
+
+    find = commands.add_parser("find", parents=[common],
+                               help="where training saw a text: steps, samples, documents")
+    find.add_argument("target", help="a run folder or a dataset folder")
+    find.add_argument("text", help="the text, tokenized as the dataset was")
+    find.add_argument("--dataset", choices=["standard", "deduped"], default="standard")
+    find.add_argument("--limit", type=int, default=20, help="occurrences listed (20)")
+    find.add_argument("--batch-size", type=int, help="sequences per step (default: manifest)")
+    find.add_argument("--json", action="store_true", help="print JSON")
+    find.set_defaults(func=cmd_find)
     return parser
 
 

@@ -111,7 +111,11 @@ class SyntheticConfig:
     gender_skew: float = 0.9
     """Share of the stereotyped pronoun for skewed occupations (0.5 would mean no skew)."""
     eval_items: int = 400
-    """Evaluation items of each kind, drawn from documents never put in the corpus."""
+    """LAMBADA-style evaluation items, drawn from stories never put in the corpus."""
+    second_operands: int = 50
+    """Arithmetic lines multiply a first operand 0-99 by a second one from 1 to this."""
+    arithmetic_per_operand: int = 5
+    """Arithmetic evaluation items per first operand (0-99), each with another second one."""
 
     def __post_init__(self) -> None:
         _fraction(self, "story_share", "fact_share", "arithmetic_share", "spanish_share",
@@ -122,6 +126,12 @@ class SyntheticConfig:
         _require(self.duplicate_share < 1.0, "duplicate_share", "below 1")
         _require(self.max_copies >= 2, "max_copies", f"at least 2, got {self.max_copies}")
         _positive(self, "entities", "entity_zipf", "operand_zipf", "eval_items")
+        _require(1 <= self.second_operands <= 99, "second_operands",
+                 f"in 1..99, got {self.second_operands}")
+        _require(1 <= self.arithmetic_per_operand <= self.second_operands,
+                 "arithmetic_per_operand",
+                 f"in 1..second_operands={self.second_operands}, got "
+                 f"{self.arithmetic_per_operand}")
 
 
 @dataclass

@@ -131,6 +131,29 @@ class Run:
         """The result rows of one study: results/<name>.jsonl."""
         return self._inside(RESULTS, f"{check_name(name, 'study')}.jsonl")
 
+    def memorization(self, model_folder: str, step: int) -> Path:
+        """One checkpoint's per-sample memorization flags."""
+        return self._inside(RESULTS, "memorization", check_name(model_folder, "model folder"),
+                            f"step{step}.npz")
+
+    def memorization_summary(self, model_folder: str) -> Path:
+        """A model's memorization counts per window of training order (the Poisson view)."""
+        return self._inside(RESULTS, "memorization", check_name(model_folder, "model folder"),
+                            "poisson.npz")
+
+    def window_counts(self, dataset: str) -> Path:
+        """How often each training sample's memorization window occurs in the dataset."""
+        return self._inside(RESULTS, "memorization", f"window-counts-{check_dataset(dataset)}.npz")
+
+    def term_counts(self, dataset: str) -> Path:
+        """The frequency study's term counts at each checkpoint step of the dataset."""
+        return self._inside(RESULTS, "frequency", f"counts-{check_dataset(dataset)}.json")
+
+    def frequency_curves(self, model_folder: str) -> Path:
+        """A model's accuracy per term against the term's count, at each step."""
+        return self._inside(RESULTS, "frequency", f"{check_name(model_folder, 'model folder')}"
+                            ".json")
+
     @property
     def report(self) -> Path:
         return self._inside(REPORT)
@@ -161,6 +184,29 @@ def list_steps(model_dir: str | os.PathLike) -> list[int]:
         return []
     return sorted(int(m.group(1)) for path in model_dir.iterdir()
                   if (m := STEP.match(path.name)) and has_weights(path))
+
+
+def parse_steps(spec: str) -> str | set[int]:
+    """A `--steps` value: "all", "log" (0, powers of two and the last step) or a
+    comma-separated list of steps."""
+    if spec in ("all", "log"):
+        return spec
+    try:
+        steps = {int(s) for s in spec.split(",") if s.strip()}
+    except ValueError:
+        steps = set()
+    if not steps:
+        raise LmsuiteError(f"--steps must be all, log or a list like 0,100,200; got {spec!r}")
+    return steps
+
+
+def choose_steps(steps: list[int], spec: str | set[int]) -> list[int]:
+    """The checkpoints of `steps` (sorted) that `spec` (from `parse_steps`) selects."""
+    if spec == "all":
+        return steps
+    if spec == "log":
+        return [s for s in steps if s == 0 or s & (s - 1) == 0 or s == steps[-1]]
+    return [s for s in steps if s in spec]
 
 
 # --- records: manifest.json, provenance.json ----------------------------------------------

@@ -15,8 +15,8 @@ from lmsuite.evaluate.tasks import Context, lambada, perplexity, pronouns, stere
 from lmsuite.results import read_rows
 
 
-def context(run_dir, step=20):
-    folder = run_dir / "s1" / f"step{step}"
+def context(run_dir, step=20, model="s1"):
+    folder = run_dir / model / f"step{step}"
     model = load_model(folder)
     return Context(model, load_tokenizer(folder), model.config.max_positions,
                    run_dir / "data" / "standard"), folder
@@ -151,6 +151,50 @@ def test_batched_greedy_generation_equals_transformers_generate(small_run):
         assert got == expected
 
 
+def test_arithmetic_and_facts_are_correct_exactly_when_greedy_generation_gives_the_answer(
+        built_data, tmp_path_factory):
+    # One teacher-forced pass decides what generating would: the answer's tokens, then a
+    # token that ends the number or word. transformers' generate is the reference.
+    from lmsuite.evaluate.scoring import encode_pair
+    from lmsuite.evaluate.tasks import reproduces
+    from lmsuite.train.trainer import train
+    from tests.conftest import run_dir_with_data, training_suite
+
+    suite = training_suite(built_data, steps=300, checkpoint_every=300)
+    run_dir = run_dir_with_data(built_data, tmp_path_factory.mktemp("answers"))
+    train(suite, "s2", "standard", run_dir, progress=False)
+    ctx, folder = context(run_dir, 300, "s2")
+    hf, _ = hf_reference(folder)
+    tok = ctx.tokenizer
+    items = ctx.eval_items("qa") + [
+        {"question": f"What is {a['a']} times {a['b']}?", "answer": str(a["answer"])}
+        for a in ctx.eval_items("arithmetic")[:150]]
+    prompts = [f"Q: {it['question']} A:" for it in items]
+    answers = [it["answer"] for it in items]
+    got = reproduces(ctx, prompts, answers, extra="-")
+    expected = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        head, target = encode_pair(tok, prompt, " " + answer)
+        ids = torch.tensor([head])
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                          max_new_tokens=len(target) + 1, pad_token_id=1)[0, len(head):]
+        after = tok.decode([int(out[-1])])[:1]
+        expected.append(out[:-1].tolist() == target and not (after.isalnum() or after == "-"))
+    assert got == expected
+    assert 0 < sum(got) < len(got)
+
+
+def test_a_shot_count_whose_prompts_do_not_fit_is_left_out_and_said(small_run, capsys):
+    from lmsuite.evaluate.tasks import arithmetic
+
+    _, run_dir = small_run
+    ctx, _ = context(run_dir)
+    rows, items = arithmetic(ctx)  # a context of 32 tokens: only 0 shots fit
+    assert [m for m, _, _ in rows] == ["acc_0shot"]
+    assert {i["shots"] for i, _, _ in items} == {0}
+    assert "arithmetic leaves out 2, 4, 8, 16-shot prompts" in capsys.readouterr().err
+
+
 def test_eval_writes_rows_and_a_rerun_adds_none(small_run, tmp_path):
     _, run_dir = small_run
     results = tmp_path / "eval.jsonl"
@@ -172,7 +216,7 @@ def test_eval_writes_rows_and_a_rerun_adds_none(small_run, tmp_path):
     assert {r["task"] for r in again[len(rows):]} == {"facts"}
     items = list(read_rows(tmp_path / "eval_items.jsonl"))
     assert {i["task"] for i in items} == {"pronouns", "facts"}
-    assert all("count" in i["item"] for i in items if i["task"] == "facts")
+    assert all("entity" in i["item"] for i in items if i["task"] == "facts")
 
 
 def test_default_results_file_and_step_selection(small_run):

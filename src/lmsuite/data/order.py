@@ -140,3 +140,27 @@ def batch_documents(data_dir: str | os.PathLike, step: int, batch_size: int) -> 
             left, offset, position = left - take, 0, position + 1
         rows.append(row)
     return rows
+
+
+def item_neighbours(data_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per training item, the token of the document stream just before its first token and the
+    one just after its last (-1 at the stream's ends): what a word cut by the item's edge
+    continues with, which the item itself cannot tell. None for data without its document
+    stream (Pythia's pre-shuffled files)."""
+    data_dir = Path(data_dir)
+    needed = [data_dir / name for name in ("train_docs.npy", "document_ids.npy",
+                                           "documents.idx")]
+    if not all(p.is_file() for p in needed):
+        return None
+    train_docs = np.load(needed[0], mmap_mode="r")
+    doc_ids = np.load(needed[1], mmap_mode="r")
+    documents = IndexedDataset(data_dir / "documents")
+    sizes = documents.sizes.astype(np.int64)
+    stream = documents.tokens[: int(sizes.sum())]
+    doc_starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    start = doc_starts[np.searchsorted(doc_ids, train_docs["doc"])] + train_docs["offset"]
+    end = start + int(open_train(data_dir).sizes[0])
+    prev = np.where(start > 0, stream[np.maximum(start - 1, 0)].astype(np.int64), -1)
+    following = np.where(end < len(stream),
+                         stream[np.minimum(end, len(stream) - 1)].astype(np.int64), -1)
+    return prev, following

@@ -84,12 +84,18 @@ STORY_MIDDLE = [
     "The children of {place} waved at the {occ} when {he} passed by.",
     "{His} friends said that the {occ} was the kindest person in {place}.",
     "The {occ} was proud of {his} work, and {he} never complained.",
+    "Everyone in {place} knew that the {obj} belonged to {name}.",
+    "{name} polished the {obj} until it shone.",
+    "Some evenings {name} sat by the window with the {obj}.",
+    "A neighbour once asked to borrow the {obj}, but {name} said no.",
 ]
 LAMBADA_ENDINGS = [  # (sentence, target slot): the target appears earlier in the story.
     ("Late that night, after everyone had gone, the {occ} finally found the {obj}", "obj"),
     ("Everyone in {place} agreed that the best {occ} they had ever met was {name}", "name"),
     ("At the end of the long day, {he} went home and put away the {obj}", "obj"),
     ("When the visitors asked who had helped them, the people pointed at {name}", "name"),
+    ("Whenever something broke in {place}, people went to see the {occ}", "occ"),
+    ("Years later, the children still talked about the kind {occ}", "occ"),
 ]
 SPANISH_SENTENCES = [
     "{name} vivía en {place} y trabajaba cada día con su {obj}.",
@@ -149,7 +155,7 @@ class _Generator:
                           "colour": _pick(world, COLOURS)} for e in self.entities}
         self.entity_cdf = _zipf_cdf(cfg.entities, cfg.entity_zipf, world)
         self.x1_cdf = _zipf_cdf(100, cfg.operand_zipf, world)  # operands 0..99
-        self.x2_cdf = _zipf_cdf(50, cfg.operand_zipf, world)  # operands 1..50
+        self.x2_cdf = _zipf_cdf(cfg.second_operands, cfg.operand_zipf, world)  # 1..max
         self.entity_counts: Counter[str] = Counter()
         self.x1_counts: Counter[int] = Counter()
         self.x2_counts: Counter[int] = Counter()
@@ -185,7 +191,11 @@ class _Generator:
         if lambada:  # name the object early, so that the ending can refer back to it
             sentences.append("{He} owned an old {obj} that {he} loved.".format(**c))
         middle = rng.choice(len(STORY_MIDDLE), size=int(rng.integers(3, 7)), replace=False)
-        sentences += [STORY_MIDDLE[i].format(**c) for i in middle]
+        for i in middle:  # half the sentences about "the nurse" call her by name instead
+            template = STORY_MIDDLE[i]
+            if template.startswith("The {occ}") and rng.random() < 0.5:
+                template = "{name}" + template.removeprefix("The {occ}")
+            sentences.append(template.format(**c))
         target = None
         if lambada:
             ending, slot = _pick(rng, LAMBADA_ENDINGS)
@@ -251,9 +261,10 @@ class _Generator:
         qa = [{"entity": e, "attribute": attr, "question": QUESTIONS[attr].format(e=e),
                "answer": self.facts[e][attr], "count": self.entity_counts[e]}
               for e in self.entities for attr in QUESTIONS]
-        grid = rng.choice(100 * 50, size=min(n, 5000), replace=False)
-        arithmetic = [{"a": int(g // 50), "b": int(g % 50) + 1, "answer": int(g // 50) *
-                       (int(g % 50) + 1)} for g in sorted(grid)]
+        # every first operand, each with the same number of second ones: accuracy per operand
+        arithmetic = [{"a": a, "b": int(b), "answer": a * int(b)} for a in range(100)
+                      for b in sorted(rng.choice(np.arange(1, self.cfg.second_operands + 1),
+                                                 self.cfg.arithmetic_per_operand, replace=False))]
         pronouns, stereotypes = [], []
         for occ in OCCUPATIONS:
             stereotype = "he" if self.p_he[occ] > 0.5 else "she" if self.p_he[occ] < 0.5 else None
@@ -356,7 +367,8 @@ def generate_corpus(cfg: SyntheticConfig, documents: int, seed: int):
         "entity_facts": gen.facts,
         "entity_counts": {e: gen.entity_counts[e] for e in gen.entities},
         "operand_counts": {"x1": {str(i): gen.x1_counts[i] for i in range(100)},
-                           "x2": {str(i): gen.x2_counts[i] for i in range(1, 51)}},
+                           "x2": {str(i): gen.x2_counts[i]
+                                  for i in range(1, cfg.second_operands + 1)}},
         "duplicate_groups": len(copies),
     }
     items = gen.eval_items(np.random.default_rng([seed, 2]))

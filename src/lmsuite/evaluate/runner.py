@@ -19,7 +19,9 @@ from lmsuite.runs import (
     STEP,
     Run,
     checkpoint_dir,
+    choose_steps,
     list_steps,
+    parse_steps,
     read_provenance,
     split_model_folder,
 )
@@ -33,30 +35,9 @@ class Checkpoint:
     source: Source
 
 
-def parse_steps(spec: str) -> str | set[int]:
-    """"all", "log" (0, powers of two and the last step) or a comma-separated list of steps."""
-    if spec in ("all", "log"):
-        return spec
-    try:
-        steps = {int(s) for s in spec.split(",") if s.strip()}
-    except ValueError:
-        steps = set()
-    if not steps:
-        raise LmsuiteError(f"--steps must be all, log or a list like 0,100,200; got {spec!r}")
-    return steps
-
-
-def _chosen(steps: list[int], spec: str | set[int]) -> list[int]:
-    if spec == "all":
-        return steps
-    if spec == "log":
-        return [s for s in steps if s == 0 or s & (s - 1) == 0 or s == steps[-1]]
-    return [s for s in steps if s in spec]
-
-
 def _model_checkpoints(model_dir: Path, spec) -> list[Checkpoint]:
     found = []
-    for step in _chosen(list_steps(model_dir), spec):
+    for step in choose_steps(list_steps(model_dir), spec):
         folder = checkpoint_dir(model_dir, step)
         provenance = read_provenance(folder)
         if provenance is not None:
@@ -183,6 +164,7 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
     work = [(c, t) for c in checkpoints for t in names if not store.done(c.source, t)]
     bar = tqdm(total=len(work), unit="task", desc="eval", disable=not progress)
     loaded: tuple[Path, Context] | None = None
+    said: set[str] = set()
     for checkpoint, task in work:
         step = checkpoint.source.step
         where = checkpoint.source.model + ("" if step is None else f" step {step}")
@@ -199,7 +181,7 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
                 speedups.attach(model)
                 loaded = (checkpoint.folder, Context(
                     model, load_tokenizer(checkpoint.folder), model.config.max_positions,
-                    data_dir, Path(lambada_file) if lambada_file else None))
+                    data_dir, Path(lambada_file) if lambada_file else None, said))
             summary, items = TASKS[task_of[task]](loaded[1])
             store.add(checkpoint.source, task,
                       [checkpoint.source.row(task, m, v, n) for m, v, n in summary],

@@ -17,10 +17,12 @@ LOGIT_ROWS = 2048
 
 @dataclass
 class Scored:
-    """Log-probabilities of a request's target tokens, and whether each was the argmax."""
+    """Log-probabilities of a request's target tokens, whether each was the argmax, and the
+    argmax itself (what greedy decoding would give at that position)."""
 
     logprobs: list[float]
     greedy: list[bool]
+    argmax: list[int]
 
     @property
     def total(self) -> float:
@@ -70,16 +72,17 @@ def score(model: GPTNeoX, inputs: list[list[int]], targets: list[list[int]]) -> 
                                for i in batch])
         picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]  # (targets, d)
         target = torch.tensor([t for i in batch for t in targets[i]], device=picked.device)
-        logp, greedy = [], []
+        logp, argmax = [], []
         for chunk in range(0, len(target), LOGIT_ROWS):
             logits = model.embed_out(picked[chunk:chunk + LOGIT_ROWS]).float()  # (rows, vocab)
             want = target[chunk:chunk + LOGIT_ROWS]
             logp += torch.log_softmax(logits, dim=-1).gather(1, want[:, None])[:, 0].tolist()
-            greedy += (logits.argmax(-1) == want).tolist()
+            argmax += logits.argmax(-1).tolist()
+        greedy = [a == t for a, t in zip(argmax, target.tolist(), strict=True)]
         start = 0
         for i in batch:
             end = start + len(targets[i])
-            out[i] = Scored(logp[start:end], greedy[start:end])
+            out[i] = Scored(logp[start:end], greedy[start:end], argmax[start:end])
             start = end
     return out  # type: ignore[return-value]
 

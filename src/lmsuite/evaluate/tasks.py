@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +18,10 @@ from lmsuite.data.corpus import jsonl_texts
 from lmsuite.data.indexed import IndexedDataset
 from lmsuite.data.tokenizer import EOD, load_tokenizer
 from lmsuite.errors import DataFormatError, LmsuiteError
-from lmsuite.evaluate.scoring import (
-    continuation_requests,
-    encode_pair,
-    greedy_generate,
-    score,
-)
+from lmsuite.evaluate.scoring import continuation_requests, encode_pair, score
 from lmsuite.model.neox import GPTNeoX
 
 SHOTS = (0, 2, 4, 8, 16)
-NUMBER = re.compile(r"\s*(-?\d+)")
 
 
 def eval_items_dir(data_dir: Path | None) -> Path | None:
@@ -46,6 +41,14 @@ class Context:
     max_len: int
     data_dir: Path | None
     lambada_file: Path | None = None
+    said: set[str] | None = None
+    """Lines already said in this evaluation (each is said once); None: say every time."""
+
+    def say(self, line: str) -> None:
+        if self.said is None or line not in self.said:
+            print(f"lmsuite eval: {line}", file=sys.stderr)
+        if self.said is not None:
+            self.said.add(line)
 
     def eval_items(self, name: str) -> list[dict]:
         """The built-in corpus's held-out items of one kind."""
@@ -128,48 +131,74 @@ def perplexity(ctx: Context) -> TaskResult:
             ("bits_per_byte", nll / math.log(2) / size, n)], []
 
 
-def _first_number(tok: Tokenizer, generated: list[int]) -> int | None:
-    match = NUMBER.match(tok.decode(generated))
-    return int(match.group(1)) if match else None
+@functools.lru_cache(maxsize=8)
+def _continuing(tokenizer_json: str, extra: str) -> np.ndarray:
+    """Per token id: whether the token, decoded, starts with a character that continues a word
+    or number (a letter, a digit, or one of `extra`), rather than ending it."""
+    tok = Tokenizer.from_str(tokenizer_json)
+    first = [tok.decode([i])[:1] for i in range(tok.get_vocab_size())]
+    return np.array([c.isalnum() or (c != "" and c in extra) for c in first])
+
+
+def reproduces(ctx: Context, prompts: list[str], answers: list[str],
+               extra: str = "") -> list[bool]:
+    """Whether greedy decoding from each prompt gives its answer (" " + answer, as the corpus
+    writes it after "A:") and then ends it: the next token does not continue the word or
+    number. One teacher-forced pass tells, without generating: greedy decoding reproduces the
+    answer exactly when each of its tokens is the argmax after the ones before."""
+    continuing = _continuing(ctx.tokenizer.to_str(), extra)
+    pairs = [encode_pair(ctx.tokenizer, p, " " + a) for p, a in zip(prompts, answers,
+                                                                     strict=True)]
+    # the placeholder last target: the position that predicts the token after the answer
+    scored = score(ctx.model, [p + a for p, a in pairs], [a + [0] for _, a in pairs])
+    return [all(s.greedy[:-1]) and not continuing[s.argmax[-1]] for s in scored]
+
+
+def _fits(ctx: Context, prompts: list[str], answers: list[str]) -> bool:
+    return all(len(p) + len(a) <= ctx.max_len for p, a in (
+        encode_pair(ctx.tokenizer, p, " " + a) for p, a in zip(prompts, answers, strict=True)))
 
 
 def arithmetic(ctx: Context) -> TaskResult:
     """k-shot "Q: What is a times b? A:" (k in 0, 2, 4, 8, 16, demonstrations drawn from the
-    other items with a fixed seed); exact match of the first number generated."""
+    other items with a fixed seed): correct when greedy decoding gives the product and ends
+    the number there. A shot count whose prompts do not all fit the model's context is left
+    out, with a line saying so (a prompt is never cut)."""
     items = ctx.eval_items("arithmetic")
     rng = np.random.default_rng(0)
-    rows, per_item = [], []
+    answers = [str(item["answer"]) for item in items]
+    rows, per_item, left_out = [], [], []
     for k in SHOTS:
         prompts = []
         for i, item in enumerate(items):
             others = [j for j in rng.permutation(len(items))[: k + 1] if j != i][:k]
             demos = [f"Q: What is {items[j]['a']} times {items[j]['b']}? A: {items[j]['answer']}"
                      for j in others]
-            prompt = "\n".join([*demos, f"Q: What is {item['a']} times {item['b']}? A:"])
-            prompts.append(ctx.tokenizer.encode(prompt, add_special_tokens=False).ids)
-        outputs = greedy_generate(ctx.model, prompts, 6, ctx.max_len)
-        correct = [_first_number(ctx.tokenizer, out) == item["answer"]
-                   for item, out in zip(items, outputs, strict=True)]
+            prompts.append("\n".join([*demos, f"Q: What is {item['a']} times {item['b']}? A:"]))
+        if not _fits(ctx, prompts, answers):
+            left_out.append(k)
+            continue
+        correct = reproduces(ctx, prompts, answers)
         rows.append((f"acc_{k}shot", sum(correct) / len(items), len(items)))
         per_item += [({"a": item["a"], "b": item["b"], "shots": k}, "correct", float(c))
                      for item, c in zip(items, correct, strict=True)]
+    if left_out:
+        ctx.say(f"arithmetic leaves out {', '.join(map(str, left_out))}-shot prompts: they do "
+                f"not fit the model's context of {ctx.max_len} tokens")
     return rows, per_item
 
 
 def facts(ctx: Context) -> TaskResult:
-    """"Q: <question> A:" about each invented entity; exact match of the first word generated.
-    Per-item rows carry the entity and how often the corpus mentions it."""
+    """"Q: <question> A:" about each invented entity: correct when greedy decoding gives the
+    answer word and ends it. Per-item rows carry the entity and the attribute."""
     items = ctx.eval_items("qa")
-    prompts = [ctx.tokenizer.encode(f"Q: {it['question']} A:", add_special_tokens=False).ids
-               for it in items]
-    outputs = greedy_generate(ctx.model, prompts, 6, ctx.max_len)
+    correct = reproduces(ctx, [f"Q: {it['question']} A:" for it in items],
+                         [it["answer"] for it in items], extra="-")
     rows, per_item, by_attribute = [], [], {}
-    for item, out in zip(items, outputs, strict=True):
-        words = re.findall(r"[\w-]+", ctx.tokenizer.decode(out))
-        correct = bool(words) and words[0] == item["answer"]
-        by_attribute.setdefault(item["attribute"], []).append(correct)
-        per_item.append(({"entity": item["entity"], "attribute": item["attribute"],
-                          "count": item["count"]}, "correct", float(correct)))
+    for item, ok in zip(items, correct, strict=True):
+        by_attribute.setdefault(item["attribute"], []).append(ok)
+        per_item.append(({"entity": item["entity"], "attribute": item["attribute"]},
+                         "correct", float(ok)))
     everything = [c for group in by_attribute.values() for c in group]
     rows.append(("acc", sum(everything) / len(everything), len(everything)))
     for attribute, group in sorted(by_attribute.items()):
