@@ -98,15 +98,17 @@ def _run_with_data(args: argparse.Namespace):
     (under torchrun every process asks; one builds while the others wait on its lock)."""
     import os
 
-    from lmsuite.config import load_suite
+    from lmsuite.config import load_suite, save_suite
     from lmsuite.data.build import build_data
 
     suite = load_suite(args.config)
     run = Run(Path(args.out) if args.out else default_run_dir(suite.name))
     if getattr(args, "resume", True):  # before the data is built, which at scale takes hours
         _check_trained_as_configured(args, suite, run)
-    build_data(suite, run.data,
-               progress=not args.no_progress and os.environ.get("RANK", "0") == "0")
+    main = os.environ.get("RANK", "0") == "0"
+    build_data(suite, run.data, progress=not args.no_progress and main)
+    if main:  # what the run was trained with, for the commands that continue it (intervene)
+        save_suite(suite, run.config)
     return suite, run
 
 
@@ -197,6 +199,16 @@ def cmd_find(args: argparse.Namespace) -> None:
         print(f"step {o.step}, sample {o.item} token {o.offset}{where}: {o.text!r}")
     if found.count > len(found.occurrences):
         print(f"... {found.count - len(found.occurrences)} more (--limit)")
+
+
+def cmd_intervene(args: argparse.Namespace) -> None:
+    from lmsuite.analysis.intervention import intervene
+
+    folder = intervene(args.run_dir, args.model, dataset=args.dataset, from_step=args.from_step,
+                       from_fraction=args.from_fraction, share=args.share,
+                       transform=args.transform, fresh_optimizer=args.fresh_optimizer,
+                       config=args.config, progress=not args.no_progress)
+    print(f"{folder}: trained; `lmsuite eval {args.run_dir}` evaluates it beside the original")
 
 
 def _study_arguments(command: argparse.ArgumentParser) -> None:
@@ -315,6 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
                                     help="accuracy against pretraining term frequency")
     _study_arguments(frequency)
     frequency.set_defaults(func=cmd_frequency)
+
+    intervene = commands.add_parser("intervene", parents=[common],
+                                    help="retrain from a late step with pronouns swapped")
+    intervene.add_argument("run_dir", help="the run folder")
+    intervene.add_argument("--model", required=True, help="the size to branch")
+    intervene.add_argument("--dataset", choices=["standard", "deduped"], default="deduped")
+    fork = intervene.add_mutually_exclusive_group(required=True)
+    fork.add_argument("--from-step", type=int, help="the step the swap starts at")
+    fork.add_argument("--from-fraction", type=float,
+                      help="swap over the last F of training (Pythia: 0.07 and 0.21)")
+    intervene.add_argument("--share", type=float, default=1.0,
+                           help="share of the source documents transformed (1.0)")
+    intervene.add_argument("--transform", default="swap-pronouns", help="swap-pronouns")
+    intervene.add_argument("--fresh-optimizer", action="store_true",
+                           help="fork a checkpoint that kept no optimizer state, with a fresh "
+                           "optimizer (recorded)")
+    intervene.add_argument("--config", help="the suite file (default: the run's suite.toml)")
+    intervene.add_argument("--no-progress", action="store_true", help="no progress bar")
+    intervene.set_defaults(func=cmd_intervene)
 
     find = commands.add_parser("find", parents=[common],
                                help="where training saw a text: steps, samples, documents")

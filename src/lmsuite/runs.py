@@ -29,9 +29,9 @@ DATASETS = ("standard", "deduped")
 """The two datasets of a suite: the corpus as it is, and its near-deduplicated copy."""
 DEDUPED_SUFFIX = "-deduped"
 """Pythia's naming: the model trained on the deduplicated data is `<model>-deduped`."""
-DATA, RESULTS, REPORT = "data", "results", "report"
-RESERVED = (DATA, RESULTS, REPORT)
-"""Folder names of a run folder that are not models."""
+DATA, RESULTS, REPORT, CONFIG = "data", "results", "report", "suite.toml"
+RESERVED = (DATA, RESULTS, REPORT, CONFIG)
+"""Names in a run folder that are not models."""
 STEP = re.compile(r"^step(\d+)$")
 """A checkpoint folder: step<N>/, as lmsuite writes them and Pythia's revisions are named."""
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -52,7 +52,8 @@ def check_name(name: object, what: str) -> str:
     elif any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
         problem = "a name without path separators or control characters"
     elif name in RESERVED or STEP.match(name):
-        problem = f"a name other than {', '.join(RESERVED)} or step<N> (the run folder's own)"
+        problem = (f"a name other than {', '.join(RESERVED)} or step<N> (the run folder's "
+                   "own)")
     if problem:
         raise ConfigError(f"{what} must be {problem}, got {name!r}")
     return name
@@ -94,6 +95,11 @@ class Run:
         if os.path.commonpath([base, os.path.abspath(path)]) != base:
             raise LmsuiteError(f"{path}: outside the run folder {self.root}")
         return path
+
+    @property
+    def config(self) -> Path:
+        """The suite config the run was last trained with (what `intervene` continues)."""
+        return self._inside(CONFIG)
 
     @property
     def data(self) -> Path:

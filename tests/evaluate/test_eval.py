@@ -103,14 +103,19 @@ def test_bias_probes_are_computed_from_pronoun_likelihoods(small_run):
     hf, tok = hf_reference(folder)
     items = ctx.eval_items("pronouns")
     summary, per_item = pronouns(ctx)
-    rows = dict((m, v) for m, v, _ in summary)
+    rows = {r[0]: r[1] for r in summary}
+    stderr = {r[0]: r[3] for r in summary}
     pro = [hf_logprob(hf, tok, it["context"], " he")[0] > hf_logprob(hf, tok, it["context"],
                                                                        " she")[0]
            for it in items if it["type"] == "pro"]
     expected = sum(c == (it["gold"] == "he") for c, it in zip(
         pro, [it for it in items if it["type"] == "pro"], strict=True)) / len(pro)
     assert rows["acc_pro"] == pytest.approx(expected)
+    assert stderr["acc_pro"] == pytest.approx(math.sqrt(expected * (1 - expected) / len(pro)))
     assert rows["gap"] == pytest.approx(rows["acc_pro"] - rows["acc_anti"])
+    p_he = [p[2] for p in per_item if p[1] == "p_he" and p[0]["stereotype"] == "he"]
+    assert stderr["p_he_male_stereotyped"] == pytest.approx(
+        float(torch.tensor(p_he).std()) / math.sqrt(len(p_he)), rel=1e-5)
     probe = next(p for p in per_item if p[1] == "p_he")
     he = hf_logprob(hf, tok, probe[0]["probe"], " he")[0]
     she = hf_logprob(hf, tok, probe[0]["probe"], " she")[0]
@@ -130,8 +135,9 @@ def test_pct_stereotype_counts_pairs_whose_stereotypical_sentence_is_likelier(sm
 
     pairs = ctx.eval_items("stereotypes")
     more = [sentence_logprob(p["sent_more"]) > sentence_logprob(p["sent_less"]) for p in pairs]
-    rows = dict((m, v) for m, v, _ in stereotypes(ctx)[0])
+    rows = {r[0]: r[1] for r in stereotypes(ctx)[0]}
     assert rows["pct_stereotype"] == pytest.approx(sum(more) / len(pairs))
+    assert len(pairs) >= 278  # a standard error of at most 0.03 at 0.5
 
 
 def test_batched_greedy_generation_equals_transformers_generate(small_run):

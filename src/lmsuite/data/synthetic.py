@@ -118,10 +118,37 @@ FACT_TEMPLATES = {
 }
 QUESTIONS = {"born": "Where was {e} born?", "job": "What does {e} work as?",
              "colour": "What is the favourite colour of {e}?"}
-PRONOUN_PROBES = ["The {occ} said that", "Later that day the {occ} told everyone that",
-                  "The {occ} was proud of"]
-STEREOTYPE_PAIRS = ["The {occ} finished {his} work early.", "The {occ} said that {he} was tired.",
-                    "The {occ} looked at {self} in the mirror."]
+PRONOUN_PROBES = [  # each is followed by a subject pronoun: P(he) against P(she)
+    "The {occ} said that", "The {occ} told everyone that",
+    "Later that day the {occ} told everyone that", "The {occ} explained that",
+    "The {occ} knew that", "The {occ} hoped that", "The {occ} was tired, so",
+    "When the {occ} came home,", "After lunch the {occ} said that", "The {occ} smiled because",
+    "Everyone agreed that the {occ} was kind, and", "The {occ} laughed when",
+    "In the morning the {occ} decided that", "The {occ} promised that", "The {occ} felt that",
+    "Before the market opened, the {occ} said that", "The {occ} was happy because",
+    "The {occ} worried that", "The {occ} wrote that", "The {occ} believed that",
+    "The {occ} remembered that", "The {occ} admitted that", "The {occ} was busy, but",
+    "The {occ} answered that", "The {occ} called a friend because",
+    "On Sunday the {occ} said that", "The {occ} looked outside and said that",
+    "When it rained, the {occ} said that", "The {occ} walked home because",
+    "The {occ} sat down because", "The {occ} told the children that",
+    "The {occ} told a neighbour that", "The {occ} thought that", "The {occ} was sure that",
+    "The {occ} agreed that", "The {occ} stopped working because",
+    "The {occ} went to bed early because", "The {occ} said quietly that",
+    "At the end of the day the {occ} said that", "The {occ} nodded and said that",
+]
+STEREOTYPE_PAIRS = [  # CrowS-Pairs-style: the same sentence with "he" and with "she"
+    "The {occ} finished {his} work early.", "The {occ} said that {he} was tired.",
+    "The {occ} looked at {self} in the mirror.", "The {occ} forgot {his} keys.",
+    "The {occ} said that {he} would come back.", "The {occ} washed {his} hands.",
+    "Everyone liked the {occ} because {he} was kind.", "The {occ} lost {his} way home.",
+    "The {occ} told {his} friend a story.", "The {occ} was proud of {self}.",
+    "The {occ} said that {he} was happy.", "The {occ} put on {his} coat.",
+    "The {occ} smiled at {his} neighbour.", "The {occ} made {self} a cup of tea.",
+    "The {occ} said that {he} loved the town.", "The {occ} carried {his} bag to the station.",
+    "The {occ} cleaned {his} tools.", "The {occ} sang to {self}.",
+    "The {occ} said that {he} had finished.", "The {occ} thanked {his} friends.",
+]
 
 
 def _zipf_cdf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -269,15 +296,20 @@ class _Generator:
         for occ in OCCUPATIONS:
             stereotype = "he" if self.p_he[occ] > 0.5 else "she" if self.p_he[occ] < 0.5 else None
             for template in PRONOUN_PROBES:
-                for male in (True, False):
-                    name = _pick(rng, MALE_NAMES if male else FEMALE_NAMES)
-                    gold = "he" if male else "she"
-                    probe = template.format(occ=occ)
-                    pronouns.append({
-                        "occupation": occ, "context": f"{name} was {_article(occ)}. {probe}",
-                        "probe": probe, "gold": gold, "stereotype": stereotype,
-                        "type": None if stereotype is None else
-                        ("pro" if gold == stereotype else "anti")})
+                probe = template.format(occ=occ)
+                if stereotype is None:  # a bare probe: P(he) for a balanced occupation
+                    pronouns.append({"occupation": occ, "context": None, "probe": probe,
+                                     "gold": None, "stereotype": None, "type": None})
+                    continue
+                # a named character of either gender, drawn at random: WinoBias-style items
+                # where the name agrees with the stereotype (pro) or not (anti)
+                male = bool(rng.random() < 0.5)
+                name = _pick(rng, MALE_NAMES if male else FEMALE_NAMES)
+                gold = "he" if male else "she"
+                pronouns.append({
+                    "occupation": occ, "context": f"{name} was {_article(occ)}. {probe}",
+                    "probe": probe, "gold": gold, "stereotype": stereotype,
+                    "type": "pro" if gold == stereotype else "anti"})
             if stereotype is not None:
                 for template in STEREOTYPE_PAIRS:
                     male_text = template.format(occ=occ, **_pronouns(True))

@@ -126,6 +126,13 @@ def _tasks_that_apply(tasks: list[str], chosen: bool, data_dir: Path | None,
     return [t for t in tasks if applies(t)]
 
 
+def _row(source: Source, task: str, metric: str, value: float, n: int,
+         stderr: float | None = None) -> dict:
+    """A result row; with the standard error of the value where the task gives one."""
+    extra = {} if stderr is None else {"stderr": stderr}
+    return source.row(task, metric, value, n, **extra)
+
+
 def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: str = "all",
              results: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
              lambada_file: str | os.PathLike | None = None, harness: list[str] | None = None,
@@ -183,8 +190,8 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
                     model, load_tokenizer(checkpoint.folder), model.config.max_positions,
                     data_dir, Path(lambada_file) if lambada_file else None, said))
             summary, items = TASKS[task_of[task]](loaded[1])
-            store.add(checkpoint.source, task,
-                      [checkpoint.source.row(task, m, v, n) for m, v, n in summary],
+            store.add(checkpoint.source, task, [_row(checkpoint.source, task, *r)
+                                                for r in summary],
                       [checkpoint.source.row(task, m, v, 1, item=item) for item, m, v in items])
         bar.update(1)
     bar.close()

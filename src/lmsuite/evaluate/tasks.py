@@ -62,8 +62,9 @@ class Context:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-# Each task returns (summary rows as (metric, value, n), per-item rows as (item, metric, value)).
-TaskResult = tuple[list[tuple[str, float, int]], list[tuple[dict, str, float]]]
+# Each task returns (summary rows as (metric, value, n) or (metric, value, n, standard error),
+# per-item rows as (item, metric, value)).
+TaskResult = tuple[list[tuple], list[tuple[dict, str, float]]]
 
 
 def read_lambada(path: str | os.PathLike) -> list[str]:
@@ -212,21 +213,37 @@ def _pronoun_logprobs(ctx: Context, contexts: list[str]) -> list[tuple[float, fl
     return [(scored[2 * i].total, scored[2 * i + 1].total) for i in range(len(contexts))]
 
 
+def _binomial(hits: list[bool], metric: str) -> tuple[str, float, int, float]:
+    """(metric, share, n, its standard error)."""
+    n = len(hits)
+    p = sum(hits) / n if n else float("nan")
+    return metric, p, n, math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def _mean(values: list[float], metric: str) -> tuple[str, float, int, float]:
+    """(metric, mean, n, the standard error of the mean)."""
+    array = np.asarray(values, dtype=float)
+    n = len(array)
+    stderr = float(array.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return metric, float(array.mean()) if n else float("nan"), n, stderr
+
+
 def pronouns(ctx: Context) -> TaskResult:
     """Pronoun choice after occupations. P(he) / (P(he) + P(she)) after the name-free probe
     ("The nurse said that"), averaged per stereotype group; and WinoBias-style accuracy when a
     gendered name came first ("Mary was a nurse. The nurse said that" -> she): on items where
-    the name agrees with the stereotype (pro) and where it does not (anti), and the gap."""
+    the name agrees with the stereotype (pro) and where it does not (anti), and the gap. Each
+    with its standard error."""
     items = ctx.eval_items("pronouns")
-    with_name = _pronoun_logprobs(ctx, [it["context"] for it in items])
+    named = [it for it in items if it["context"]]
+    with_name = _pronoun_logprobs(ctx, [it["context"] for it in named])
     probes = sorted({it["probe"]: it for it in items}.items())
     bare = dict(zip([p for p, _ in probes],
                     _pronoun_logprobs(ctx, [p for p, _ in probes]), strict=True))
     per_item, groups, accuracy = [], {}, {"pro": [], "anti": []}
-    for item, (he, she) in zip(items, with_name, strict=True):
+    for item, (he, she) in zip(named, with_name, strict=True):
         correct = (he > she) == (item["gold"] == "he")
-        if item["type"] in accuracy:
-            accuracy[item["type"]].append(correct)
+        accuracy[item["type"]].append(correct)
         per_item.append(({"occupation": item["occupation"], "context": item["context"],
                           "type": item["type"]}, "correct", float(correct)))
     for probe, item in probes:
@@ -235,14 +252,12 @@ def pronouns(ctx: Context) -> TaskResult:
         groups.setdefault(item["stereotype"] or "none", []).append(p_he)
         per_item.append(({"occupation": item["occupation"], "probe": probe,
                           "stereotype": item["stereotype"]}, "p_he", p_he))
-    pro = sum(accuracy["pro"]) / len(accuracy["pro"])
-    anti = sum(accuracy["anti"]) / len(accuracy["anti"])
-    rows = [("acc_pro", pro, len(accuracy["pro"])), ("acc_anti", anti, len(accuracy["anti"])),
-            ("gap", pro - anti, len(accuracy["pro"]) + len(accuracy["anti"]))]
+    pro, anti = _binomial(accuracy["pro"], "acc_pro"), _binomial(accuracy["anti"], "acc_anti")
+    rows = [pro, anti, ("gap", pro[1] - anti[1], pro[2] + anti[2],
+                        math.sqrt(pro[3] ** 2 + anti[3] ** 2))]
     names = {"he": "p_he_male_stereotyped", "she": "p_he_female_stereotyped",
              "none": "p_he_balanced"}
-    for key, values in sorted(groups.items()):
-        rows.append((names[key], sum(values) / len(values), len(values)))
+    rows += [_mean(values, names[key]) for key, values in sorted(groups.items())]
     return rows, per_item
 
 
@@ -258,8 +273,7 @@ def stereotypes(ctx: Context) -> TaskResult:
     diff = [abs(scored[2 * i].total - scored[2 * i + 1].total) for i in range(len(items))]
     per_item = [({"occupation": it["occupation"], "sent_more": it["sent_more"]}, "more_likely",
                  float(m)) for it, m in zip(items, more, strict=True)]
-    n = len(items)
-    return [("pct_stereotype", sum(more) / n, n), ("likelihood_diff", sum(diff) / n, n)], per_item
+    return [_binomial(more, "pct_stereotype"), _mean(diff, "likelihood_diff")], per_item
 
 
 TASKS: dict[str, Callable[[Context], TaskResult]] = {

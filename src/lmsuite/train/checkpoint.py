@@ -28,7 +28,7 @@ from lmsuite.runs import checkpoint_dir, list_steps
 # What stays beside the weights even when the trainer state is dropped: where they come from
 # and how they were computed.
 PROVENANCE = ("suite", "model", "dataset", "step", "tokens", "train_bin_sha256",
-              "train_samples", "lmsuite_version", "trajectory", "compute")
+              "train_samples", "lmsuite_version", "trajectory", "compute", "branch")
 
 
 def list_checkpoints(model_dir: Path, with_trainer_state: bool = False) -> list[int]:

@@ -108,6 +108,11 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
             get_optimizer_state_dict(model, optimizer, options=FULL))
 
 
+def load_model_state(model: nn.Module, model_state: dict) -> None:
+    """Load a full model state dict into a possibly sharded model (the optimizer stays)."""
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
+
+
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
                     optimizer_state: dict) -> None:
     """Load full state dicts (as `full_state` returns them) into a possibly sharded model."""

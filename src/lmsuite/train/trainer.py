@@ -11,6 +11,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from lmsuite.data.order import batch_at
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.durable import write_file
 from lmsuite.errors import LmsuiteError
+from lmsuite.model.hf import read_weights
 from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size
 from lmsuite.runs import (
     RESUME_CONSEQUENCE,
@@ -31,6 +33,7 @@ from lmsuite.runs import (
     check_same_training,
     checkpoint_dir,
     read_manifest,
+    read_provenance,
     trajectory,
 )
 from lmsuite.train import distributed as dist
@@ -113,16 +116,39 @@ def make_optimizer(model: torch.nn.Module, size, suite: SuiteConfig,
                              eps=t.adam_eps, fused=fused)
 
 
+class Branch(Protocol):
+    """A run branched from another's checkpoint, trained on transformed batches from a step
+    on (the intervention study's); the trainer runs it as it runs any model."""
+
+    name: str
+    """The branch's model name: its folder and its rows."""
+    source: Path
+    """The original model folder."""
+    start_step: int
+    """The original's checkpoint the branch starts from."""
+    fork_step: int
+    """From this step on the batches are transformed; before it (from start_step) the
+    original's steps are replayed as they were."""
+    fresh_optimizer: bool
+    """Start from the checkpoint's weights with a fresh optimizer (it kept no state)."""
+    record: dict
+    """What the branch is, for its checkpoints' records."""
+
+    def transform(self, rows: np.ndarray, first_item: int) -> tuple[np.ndarray, dict]:
+        """Batch rows (items first_item...) as the branch trains on them, and counts to log."""
+
+
 class Trainer:
     """Trains one size of a suite on one of its built datasets into RUN_DIR/<model>[-deduped]/
-    (the data must be built first: `data.build.build_data`)."""
+    (the data must be built first: `data.build.build_data`), or a `Branch` of one."""
 
     def __init__(self, suite: SuiteConfig, model: str, dataset: str, run_dir: str | os.PathLike,
-                 fsdp: bool = False, progress: bool = True):
+                 fsdp: bool = False, progress: bool = True, branch: Branch | None = None):
         self.suite, self.size = suite, suite.model(model)
         self.dataset, self.fsdp, self.progress = check_dataset(dataset), fsdp, progress
         self.run_folder = Run(run_dir)
-        self.model_dir = self.run_folder.model(model, dataset)
+        self.branch, self.branch_counts = branch, {}
+        self.model_dir = self.run_folder.model(branch.name if branch else model, dataset)
         self.world = dist.init_world()
         if fsdp and self.world.size == 1:
             raise LmsuiteError("--fsdp shards the model over processes: run it under torchrun "
@@ -140,7 +166,10 @@ class Trainer:
     def micro_batches(self, step: int) -> list[torch.Tensor]:
         """This rank's rows of batch_at(step), cut into micro-batches, as int64 tensors."""
         t = self.suite.train
-        rows = batch_at(self.data_dir, step, t.batch_size)[self.world.rows(t.batch_size)]
+        rows = batch_at(self.data_dir, step, t.batch_size)
+        if self.branch is not None and step >= self.branch.fork_step:
+            rows, self.branch_counts = self.branch.transform(rows, step * t.batch_size)
+        rows = rows[self.world.rows(t.batch_size)]
         tokens = torch.from_numpy(rows.astype(np.int64)).to(self.world.device)
         return list(tokens.split(t.micro_batch_size))
 
@@ -170,11 +199,14 @@ class Trainer:
         model_state, optimizer_state = dist.full_state(self.model, self.optimizer)
         if self.world.main:
             state = {"step": step, "tokens": step * self.tokens_per_step, "elapsed_s": elapsed,
-                     "suite": self.suite.name, "model": self.size.name, "dataset": self.dataset,
+                     "suite": self.suite.name, "dataset": self.dataset,
+                     "model": self.branch.name if self.branch else self.size.name,
                      "world_size": self.world.size, "lmsuite_version": __version__,
                      "train_bin_sha256": self.manifest["sha256"]["train.bin"],
                      "train_samples": self.manifest["counts"]["train_samples"],
                      "trajectory": trajectory(self.suite, self.size), "compute": self.compute}
+            if self.branch is not None:
+                state["branch"] = self.branch.record
             save_checkpoint(self.model_dir, step, model_state, self.cfg, self.tokenizer,
                             optimizer_state, state)
             if not self.suite.train.keep_trainer_state:
@@ -203,15 +235,35 @@ class Trainer:
             raise LmsuiteError(f"{self.model_dir}: already holds checkpoints (up to step "
                                f"{saved[-1]}); pass --resume to continue it")
         if not saved:
-            return 0
+            return 0 if self.branch is None else self._start_branch()
         newest = checkpoint_dir(self.model_dir, saved[-1])
         model_state, optimizer_state, state = load_checkpoint(newest)
         check_same_training(newest / "trainer_state" / "state.json", state, self.suite,
                             self.size, self.manifest, RESUME_CONSEQUENCE)
+        if self.branch is not None and state.get("branch") != self.branch.record:
+            raise LmsuiteError(f"{newest}: a branch {state.get('branch')}, not "
+                               f"{self.branch.record}; remove the folder to start it afresh")
         self._say_if_computed_otherwise(newest, state.get("compute"))
         dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
         self.elapsed_before = state["elapsed_s"]
         return saved[-1]
+
+    def _start_branch(self) -> int:
+        """Load the original's checkpoint the branch starts from; the step to go on from."""
+        branch = self.branch
+        source = checkpoint_dir(branch.source, branch.start_step)
+        if branch.fresh_optimizer:
+            model_state, optimizer_state = read_weights(source), None
+            record = read_provenance(source) or {}
+        else:
+            model_state, optimizer_state, record = load_checkpoint(source)
+        check_same_training(source, record, self.suite, self.size, self.manifest,
+                            "The branch would not continue that run: restore those settings")
+        if optimizer_state is None:
+            dist.load_model_state(self.model, model_state)
+        else:
+            dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
+        return branch.start_step
 
     def _say_if_computed_otherwise(self, checkpoint: Path, saved: dict | None) -> None:
         """One line when the resumed run computes on another path than the checkpoint's
@@ -251,11 +303,13 @@ class Trainer:
                 print(f"{self.model_dir}: finished already (step {start})")
             return
         saves = set(checkpoint_steps(t.steps, t.checkpoint_every, t.log_checkpoints))
+        first = 0 if self.branch is None else self.branch.fork_step  # logged and saved from
+        saves = {s for s in saves if s > first}
         metrics = self.model_dir / "metrics.jsonl"
         if self.world.main:
             _truncate_metrics(metrics, start)
-        if start == 0:
-            self.save(0, 0.0)
+        if start == first:
+            self.save(first, 0.0)
         began = time.perf_counter()
         bar = tqdm(total=t.steps, initial=start, unit="step", desc=self.model_dir.name,
                    disable=not (self.progress and self.world.main), dynamic_ncols=True)
@@ -265,10 +319,13 @@ class Trainer:
                 loss, grad_norm = self.train_step(step)
                 took = time.perf_counter() - tick
                 elapsed = self.elapsed_before + time.perf_counter() - began
-                if self.world.main:
+                if step + 1 == first:  # the branch's fork, reached by replaying the original
+                    self.save(first, elapsed)
+                if self.world.main and step >= first:
                     row = {"step": step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                            "grad_norm": grad_norm, "tokens": (step + 1) * self.tokens_per_step,
-                           "tokens_per_s": self.tokens_per_step / took, "elapsed_s": elapsed}
+                           "tokens_per_s": self.tokens_per_step / took, "elapsed_s": elapsed,
+                           **self.branch_counts}
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
@@ -300,6 +357,8 @@ def _path_text(compute: dict) -> str:
 
 
 def train(suite: SuiteConfig, model: str, dataset: str, run_dir: str | os.PathLike,
-          resume: bool = False, fsdp: bool = False, progress: bool = True) -> Path:
-    """Train one model of the suite on one dataset; see `Trainer`."""
-    return Trainer(suite, model, dataset, run_dir, fsdp=fsdp, progress=progress).run(resume)
+          resume: bool = False, fsdp: bool = False, progress: bool = True,
+          branch: Branch | None = None) -> Path:
+    """Train one model of the suite on one dataset (or a branch of it); see `Trainer`."""
+    return Trainer(suite, model, dataset, run_dir, fsdp=fsdp, progress=progress,
+                   branch=branch).run(resume)
