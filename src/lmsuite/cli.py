@@ -211,6 +211,33 @@ def cmd_intervene(args: argparse.Namespace) -> None:
     print(f"{folder}: trained; `lmsuite eval {args.run_dir}` evaluates it beside the original")
 
 
+def cmd_import_lm_eval(args: argparse.Namespace) -> None:
+    from lmsuite.evaluate.imports import import_files, pythia_files
+
+    files = list(args.files)
+    if args.all:
+        files += pythia_files(args.all)
+    if not files:
+        raise LmsuiteError("name result files, or a copy of Pythia's evals/ folder with --all")
+    suite = args.suite if args.suite is not None else ("pythia" if args.all else None)
+    added, read = import_files(files, args.results, model=args.model, dataset=args.dataset,
+                               suite=suite, step_from_name=args.step_from_name)
+    print(f"{read} files: {added} rows added to {args.results}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from lmsuite.pipeline import run
+
+    index = run(args.config, args.out, show=not args.no_progress)
+    print(f"report: {index}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from lmsuite.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.markdown)}")
+
+
 def _study_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("target", help="a run folder, one model folder, or a Pythia model "
                          "folder (its step<N>/ revisions, or one HF folder) with --data")
@@ -235,6 +262,37 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    job = commands.add_parser("run", parents=[common],
+                              help="the whole suite, from nothing to its report (resumes)")
+    job.add_argument("config", nargs="?", help="suite TOML file (default: the built-in suite)")
+    job.add_argument("--out", help="run folder (default runs/<suite>)")
+    job.add_argument("--no-progress", action="store_true", help="no progress line")
+    job.set_defaults(func=cmd_run)
+
+    report = commands.add_parser("report", parents=[common],
+                                 help="the run's report: RUN_DIR/report/index.html")
+    report.add_argument("run_dir", help="the run folder")
+    report.add_argument("--markdown", help="also write the findings and timings as Markdown")
+    report.set_defaults(func=cmd_report)
+
+    imports = commands.add_parser("import", help="results from elsewhere, as lmsuite's rows")
+    import_commands = imports.add_subparsers(dest="import_command", required=True,
+                                             metavar="KIND")
+    lm_eval = import_commands.add_parser("lm-eval", parents=[common],
+                                         help="lm-evaluation-harness result files")
+    lm_eval.add_argument("files", nargs="*", help="result JSON files (either format)")
+    lm_eval.add_argument("--all", metavar="EVALS_DIR",
+                         help="every file of a copy of Pythia's evals/ folder")
+    lm_eval.add_argument("--model", help="model name (default: from config.model_args)")
+    lm_eval.add_argument("--dataset", choices=["standard", "deduped"],
+                         help="dataset (default: from the model's name)")
+    lm_eval.add_argument("--suite", help="suite name in the rows (default: pythia with --all)")
+    lm_eval.add_argument("--step-from-name", action="store_true",
+                         help="take the step from the file name (..._step1000.json)")
+    lm_eval.add_argument("--results", default="results/imported.jsonl",
+                         help="results file to add to (results/imported.jsonl)")
+    lm_eval.set_defaults(func=cmd_import_lm_eval)
 
     model = commands.add_parser("model", help="model sizes of a suite")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")

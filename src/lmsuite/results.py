@@ -7,6 +7,7 @@ Per-item rows (for studies that join on items) live in a second file with an `it
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -148,8 +149,141 @@ class ResultStore:
         self._done.add(source.key(task))
         return True
 
+    def add_all(self, entries: list[tuple[Source, str, list[dict]]]) -> int:
+        """Append the rows of every (checkpoint, task) not already in the file, in one write
+        (an import of thousands of them); the number of rows appended."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path) as f:
+            self._catch_up(f)
+            lines = []
+            for source, task, rows in entries:
+                if source.key(task) not in self._done:
+                    self._done.add(source.key(task))
+                    lines += [json.dumps(r) + "\n" for r in rows]
+            if lines:
+                _write(f, lines)
+                self._seen, self._lines = f.tell(), self._lines + len(lines)
+        return len(lines)
+
     def rows(self) -> list[dict]:
         return list(read_rows(self.path))
 
     def items(self) -> list[dict]:
         return list(read_rows(self.items_path))
+
+
+# --- the run's files as pandas DataFrames, for the report and for notebooks -------------------
+
+
+@dataclass
+class Frames:
+    """A run folder's results as DataFrames (empty where a stage has not run)."""
+
+    rows: object
+    """Every result row of results/*.jsonl: suite, model, dataset, step, task, metric, value,
+    n (and stderr where a metric has one)."""
+    metrics: object
+    """Training metrics per step: folder, model, dataset, step, loss, lr, tokens, ..."""
+    memorization: object
+    """Per sample and scanned checkpoint: folder, model, dataset, step, index, memorized,
+    prefix_len, window_count."""
+    frequency: object
+    """Per term and checkpoint: folder, model, dataset, step, task, count, acc."""
+    suite: object
+    """Per model folder: its shape, parameters, tokens seen, wall time, data hash, branch."""
+    poisson: dict
+    """Per model folder, the Poisson view of its last checkpoint (arrays)."""
+    run_dir: Path
+
+    @functools.cached_property
+    def items(self):
+        """The per-item rows of the evaluations (results/*_items.jsonl), each item's fields as
+        columns item_<field> (read when first asked for: the report does not need them)."""
+        from lmsuite.runs import Run
+
+        records = []
+        results = Run(self.run_dir).results
+        for path in sorted(results.glob("*_items.jsonl")) if results.is_dir() else []:
+            for row in read_rows(path):
+                row.update({f"item_{k}": v for k, v in (row.pop("item", None) or {}).items()})
+                records.append(row)
+        return _frame(records)
+
+
+def _frame(records: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame.from_records(records)
+
+
+def frames(run_dir: str | os.PathLike) -> Frames:
+    """The run's rows, per-item rows, training metrics, memorization flags and the rest as
+    DataFrames: `frames("runs/tiny").rows.query("task == 'lambada'")`."""
+    import numpy as np
+
+    from lmsuite.runs import Run, list_steps, read_json_object, split_model_folder
+
+    run = Run(run_dir)
+    rows = []
+    if run.results.is_dir():
+        for path in sorted(run.results.glob("*.jsonl")):
+            if not path.name.endswith("_items.jsonl"):
+                rows += list(read_rows(path))
+    metrics, suite, flags, curves, poisson = [], [], [], [], {}
+    for folder in run.model_folders():
+        steps = list_steps(folder)
+        record = read_json_object(folder / f"step{steps[-1]}" / "provenance.json",
+                                  "a checkpoint's provenance") or {}
+        model, dataset = record.get("model"), record.get("dataset")
+        if model is None:
+            model, dataset = split_model_folder(folder.name)
+        if (folder / "metrics.jsonl").is_file():
+            for row in read_rows(folder / "metrics.jsonl"):
+                metrics.append({"folder": folder.name, "model": model, "dataset": dataset, **row})
+        suite.append(_describe(folder, steps, record, model, dataset))
+        for step in steps:
+            path = run.memorization(folder.name, step)
+            if path.is_file():
+                data = np.load(path)
+                flags.append(_frame({"folder": folder.name, "model": model, "dataset": dataset,
+                                     "step": step, "index": data["index"],
+                                     "memorized": data["memorized"],
+                                     "prefix_len": data["prefix_len"],
+                                     "window_count": data["window_count"]}))
+        summary = run.memorization_summary(folder.name)
+        if summary.is_file():
+            poisson[folder.name] = dict(np.load(summary))
+        curve_path = run.frequency_curves(folder.name)
+        if curve_path.is_file():
+            for step, by_task in json.loads(curve_path.read_text())["steps"].items():
+                for task, points in by_task.items():
+                    curves += [{"folder": folder.name, "model": model, "dataset": dataset,
+                                "step": int(step), "task": task, "count": c, "acc": a}
+                               for c, a in zip(points["count"], points["acc"], strict=True)]
+    import pandas as pd
+
+    return Frames(_frame(rows), _frame(metrics),
+                  pd.concat(flags, ignore_index=True) if flags else _frame([]),
+                  _frame(curves), _frame(suite), poisson, Path(run_dir))
+
+
+def _describe(folder: Path, steps: list[int], record: dict, model: str, dataset: str) -> dict:
+    """A model folder's line of the suite table."""
+    from lmsuite.model.hf import read_model_config
+    from lmsuite.model.neox import count_parameters
+
+    cfg = read_model_config(folder / f"step{steps[-1]}")
+    last = None
+    if (folder / "metrics.jsonl").is_file():
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else None
+    branch = record.get("branch") or {}
+    return {"folder": folder.name, "model": model, "dataset": dataset, "layers": cfg.layers,
+            "d_model": cfg.d_model, "heads": cfg.heads, "parameters": count_parameters(cfg),
+            "non_embedding_parameters": count_parameters(cfg, embeddings=False),
+            "steps": steps[-1], "checkpoints": len(steps),
+            "tokens": record.get("tokens", last["tokens"] if last else None),
+            "wall_s": last["elapsed_s"] if last else None,
+            "train_bin_sha256": record.get("train_bin_sha256"),
+            "branch_of": branch.get("original"), "fork_step": branch.get("fork_step"),
+            "reused_from": record.get("reused_from")}

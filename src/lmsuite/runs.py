@@ -161,6 +161,11 @@ class Run:
                             ".json")
 
     @property
+    def timings(self) -> Path:
+        """How long each stage of `lmsuite run` took, with the machine's speed beside it."""
+        return self._inside(RESULTS, "timings.json")
+
+    @property
     def report(self) -> Path:
         return self._inside(REPORT)
 

@@ -117,8 +117,9 @@ def test_bias_probes_are_computed_from_pronoun_likelihoods(small_run):
     assert stderr["p_he_male_stereotyped"] == pytest.approx(
         float(torch.tensor(p_he).std()) / math.sqrt(len(p_he)), rel=1e-5)
     probe = next(p for p in per_item if p[1] == "p_he")
-    he = hf_logprob(hf, tok, probe[0]["probe"], " he")[0]
-    she = hf_logprob(hf, tok, probe[0]["probe"], " she")[0]
+    text = sorted({it["probe"] for it in items})[probe[0]["probe"]]  # rows number the probes
+    he = hf_logprob(hf, tok, text, " he")[0]
+    she = hf_logprob(hf, tok, text, " she")[0]
     assert probe[2] == pytest.approx(math.exp(he) / (math.exp(he) + math.exp(she)), rel=1e-4)
 
 

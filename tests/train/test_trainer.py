@@ -124,7 +124,7 @@ def test_resume_after_kill_is_bitwise_identical(built_data, tmp_path):
                      (straight / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows]
     done = subprocess.run(cli(config, killed, "--resume"), capture_output=True, text=True)
-    assert done.returncode == 0 and "finished already" in done.stdout
+    assert done.returncode == 0 and "finished already" in done.stdout + done.stderr
 
 
 def test_training_leaves_pytorchs_deterministic_setting_as_it_found_it(trained):

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from lmsuite.analysis.index import TokenIndex
 from lmsuite.analysis.targets import StudyModel, study_models
@@ -36,6 +35,7 @@ from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.durable import write_file
 from lmsuite.errors import LmsuiteError
 from lmsuite.evaluate.tasks import eval_items_dir
+from lmsuite.progress import bar as progress_bar
 from lmsuite.results import ResultStore, Source, read_rows
 
 OPERANDS = [str(x) for x in range(100)]
@@ -145,8 +145,8 @@ def count_terms(index: TokenIndex, tokenizer: Tokenizer, neighbours, entities: l
                 steps: list[int], batch_size: int, progress: bool = True) -> TermCounts:
     counter = TermCounter(index, tokenizer, neighbours)
     length = index.sample_len
-    bar = tqdm(total=len(OPERANDS) + len(entities), unit="term", desc="term counts",
-               disable=not progress)
+    bar = progress_bar(len(OPERANDS) + len(entities), "term counts", "term", enabled=progress,
+                       weight=1e7)
     found = {}
     for term in OPERANDS + entities:
         found[term] = counter.occurrences(term)

@@ -21,6 +21,7 @@ from lmsuite.data.indexed import IndexedDataset
 from lmsuite.data.order import open_train
 from lmsuite.durable import write_file
 from lmsuite.errors import LmsuiteError
+from lmsuite.progress import say
 
 INDEX_SUFFIX = ".suffix.idx"
 """The index of `<prefix>.bin` is `<prefix>.suffix.idx` beside it."""
@@ -74,8 +75,8 @@ class TokenIndex:
         tg = _tokengrams()
         if not path.is_file():
             if progress:
-                print(f"lmsuite: indexing {data.bin_path} ({data.tokens.size:,} tokens) into "
-                      f"{path}", file=sys.stderr, flush=True)
+                say(f"lmsuite: indexing {data.bin_path} ({data.tokens.size:,} tokens) into "
+                    f"{path}")
 
             def build(tmp: Path) -> None:
                 with _quiet_stdout():

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lmsuite import speedups
 from lmsuite.analysis.index import TokenIndex
@@ -34,6 +33,8 @@ from lmsuite.errors import LmsuiteError
 from lmsuite.evaluate.scoring import greedy_generate
 from lmsuite.model.hf import load_model
 from lmsuite.model.neox import GPTNeoX, count_parameters
+from lmsuite.progress import bar as progress_bar
+from lmsuite.progress import forward_work
 from lmsuite.results import ResultStore, Source
 
 K = 32
@@ -48,7 +49,7 @@ LOGIT_ROWS = 4096
 
 @torch.inference_mode()
 def scan(model: GPTNeoX, samples: np.ndarray, k: int = K,
-         batch_size: int = 256, bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
+         batch_size: int = 256, bar=None) -> tuple[np.ndarray, np.ndarray]:
     """(memorized, prefix_len) for each row of `samples` (rows of at least 2k tokens):
     whether greedy decoding from tokens [0:k] reproduces tokens [k:2k], and how many target
     tokens it reproduces before the first miss. One forward pass over tokens [0:2k-1]."""
@@ -85,7 +86,7 @@ def pythia_scores(model: GPTNeoX, samples: np.ndarray, k: int = K) -> np.ndarray
 
 
 def window_counts(index: TokenIndex, items: int, k: int = K,
-                  bar: tqdm | None = None) -> np.ndarray:
+                  bar=None) -> np.ndarray:
     """How often each of the first `items` training samples' first 2k tokens occur in the
     token file, inside samples (an occurrence across two samples was never seen whole)."""
     counts = np.empty(items, np.int64)
@@ -136,7 +137,7 @@ class _Counts:
             if str(saved["source"]) == source and len(saved["counts"]) >= items:
                 return saved["counts"][:items]
         total = len(index.data)
-        bar = tqdm(total=total, unit="sample", desc="window counts", disable=not progress)
+        bar = progress_bar(total, "window counts", "sample", enabled=progress, weight=1e6)
         counts = window_counts(index, total, k, bar)
         bar.close()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,8 +189,9 @@ def _scan_model(m: StudyModel, store: ResultStore, counts: _Counts, k: int,
         window = counts.counts(m, items, k, progress)
         model = load_model(m.checkpoint(step))
         speedups.attach(model)
-        bar = tqdm(total=items + len(held), unit="sample", desc=f"{m.name} step {step}",
-                   disable=not progress)
+        bar = progress_bar(items + len(held), f"{m.name} step {step}", "sample",
+                           enabled=progress, weight=forward_work(count_parameters(model.config),
+                                                                 2 * k - 1, calls=0))
         memorized, prefix = scan(model, samples, k, scan_batch, bar)
         held_memorized, _ = scan(model, held, k, scan_batch, bar) if len(held) else (
             np.zeros(0, bool), None)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from lmsuite import __version__
 from lmsuite.config import SuiteConfig
@@ -39,6 +38,7 @@ from lmsuite.durable import (
     write_file,
 )
 from lmsuite.errors import LmsuiteError
+from lmsuite.progress import bar as progress_bar
 from lmsuite.runs import (
     DATASETS,
     build_settings,
@@ -50,6 +50,8 @@ from lmsuite.runs import (
 BATCH_DOCS = 1024
 PARTIAL = ".build"
 """The folder of a build in progress, under the data folder."""
+DOCUMENT_WORK = 2e7
+"""A document's tokenizing and deduplication, in the job progress's units (FLOP-equivalents)."""
 CHECKPOINT_SECONDS = 60.0
 """How often the tokenizing pass records where it stands, for a resumed build."""
 
@@ -281,7 +283,7 @@ def _tokenize_pass(suite: SuiteConfig, partial: PartialBuild, documents: Iterato
     doc_ids: dict[str, list[int]] = {name: [] for name in DATASETS}
     val_docs = index = 0
     recorded = time.monotonic()
-    bar = tqdm(total=count, unit="doc", desc="tokenize + dedup", disable=not progress)
+    bar = progress_bar(count, "tokenize + dedup", "doc", enabled=progress, weight=DOCUMENT_WORK)
     try:
         for batch in _batches(documents):
             if index < done:  # decided before the interruption: replay, write nothing

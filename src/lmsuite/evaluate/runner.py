@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 from lmsuite import speedups
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
 from lmsuite.evaluate.tasks import TASKS, Context, eval_items_dir, read_lambada
 from lmsuite.model.hf import load_model, resolve_model_folder
+from lmsuite.progress import advance, bar, forward_work, say
 from lmsuite.results import ResultStore, Source
 from lmsuite.runs import (
     STEP,
@@ -122,8 +121,43 @@ def _tasks_that_apply(tasks: list[str], chosen: bool, data_dir: Path | None,
     if len(left_out) == len(tasks) and not harness:
         raise LmsuiteError(f"no task can run: {why}; perplexity runs on any dataset folder, "
                            "lambada on --lambada FILE")
-    print(f"lmsuite eval: leaving out {', '.join(left_out)}: {why}", file=sys.stderr)
+    say(f"lmsuite eval: leaving out {', '.join(left_out)}: {why}")
     return [t for t in tasks if applies(t)]
+
+
+class _Tokenizers:
+    """One tokenizer object per distinct tokenizer.json, so that what is encoded with it at one
+    checkpoint is reused at the next (`scoring.encode_pair` keeps it per object)."""
+
+    def __init__(self) -> None:
+        self.by_text: dict[str, object] = {}
+
+    def get(self, folder: Path):
+        text = (folder / "tokenizer.json").read_text(encoding="utf-8") \
+            if (folder / "tokenizer.json").is_file() else str(folder)
+        if text not in self.by_text:
+            self.by_text[text] = load_tokenizer(folder)
+        return self.by_text[text]
+
+
+TASK_TOKENS = {"lambada": 45000, "perplexity": 12000, "arithmetic": 60000, "facts": 6000,
+               "pronouns": 35000, "stereotypes": 6000}
+"""Tokens each task scores, about, on the built-in items (the job's ETA weighs by them)."""
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(folder: Path) -> int:
+    from lmsuite.model.hf import read_model_config
+    from lmsuite.model.neox import count_parameters
+
+    return count_parameters(read_model_config(folder))
+
+
+def task_work(folder: Path, task: str) -> float:
+    """The work of one task on one checkpoint, for progress."""
+    name = task.split(":")[0]
+    # a task's forward passes, and loading, encoding and the like: as ten of them
+    return forward_work(_parameters(folder), TASK_TOKENS.get(name, 50000), calls=10)
 
 
 def _row(source: Source, task: str, metric: str, value: float, n: int,
@@ -169,13 +203,14 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
     names = [label[t] for t in tasks] + [f"harness:{h}" for h in harness or []]
     task_of = {v: k for k, v in label.items()}
     work = [(c, t) for c in checkpoints for t in names if not store.done(c.source, t)]
-    bar = tqdm(total=len(work), unit="task", desc="eval", disable=not progress)
+    shown = bar(len(work), "eval", "task", enabled=progress)
     loaded: tuple[Path, Context] | None = None
     said: set[str] = set()
+    tokenizers = _Tokenizers()
     for checkpoint, task in work:
         step = checkpoint.source.step
         where = checkpoint.source.model + ("" if step is None else f" step {step}")
-        bar.set_postfix_str(f"{where} {task}", refresh=False)
+        shown.set_postfix_str(f"{where} {task}", refresh=False)
         if task.startswith("harness:"):
             from lmsuite.evaluate.harness import run_harness
 
@@ -187,13 +222,13 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
                 model = load_model(checkpoint.folder)
                 speedups.attach(model)
                 loaded = (checkpoint.folder, Context(
-                    model, load_tokenizer(checkpoint.folder), model.config.max_positions,
+                    model, tokenizers.get(checkpoint.folder), model.config.max_positions,
                     data_dir, Path(lambada_file) if lambada_file else None, said))
             summary, items = TASKS[task_of[task]](loaded[1])
             store.add(checkpoint.source, task, [_row(checkpoint.source, task, *r)
                                                 for r in summary],
                       [checkpoint.source.row(task, m, v, 1, item=item) for item, m, v in items])
-        bar.update(1)
-    bar.close()
+        advance(shown, 1, task_work(checkpoint.folder, task))
+    shown.close()
     return store.path
 

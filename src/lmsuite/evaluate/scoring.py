@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -87,10 +88,30 @@ def score(model: GPTNeoX, inputs: list[list[int]], targets: list[list[int]]) -> 
     return out  # type: ignore[return-value]
 
 
+@torch.inference_mode()
+def next_token_logprobs(model: GPTNeoX, inputs: list[list[int]],
+                        candidates: list[int]) -> list[list[float]]:
+    """For each input, the log-probabilities of the candidate tokens coming next: one forward
+    pass per input, where scoring each candidate as a continuation would take one each."""
+    lengths = [len(x) for x in inputs]
+    order = sorted(range(len(inputs)), key=lambda i: -lengths[i])
+    out: list[list[float] | None] = [None] * len(inputs)
+    want = torch.tensor(candidates)
+    for batch in _batches(order, lengths):
+        hidden = _hidden_states(model, [inputs[i] for i in batch])
+        last = hidden[torch.arange(len(batch)), torch.tensor([lengths[i] - 1 for i in batch])]
+        logp = torch.log_softmax(model.embed_out(last).float(), dim=-1)[:, want.to(last.device)]
+        for row, i in enumerate(batch):
+            out[i] = logp[row].tolist()
+    return out  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context and continuation tokens as lm-evaluation-harness makes them: trailing spaces of
     the context move to the continuation, and the continuation is what the joint encoding
-    adds to the context's."""
+    adds to the context's. Kept for the tokenizer object given: an evaluation encodes the same
+    items at every checkpoint (the results are not to be changed)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         continuation = context[-spaces:] + continuation

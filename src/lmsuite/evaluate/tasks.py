@@ -18,7 +18,12 @@ from lmsuite.data.corpus import jsonl_texts
 from lmsuite.data.indexed import IndexedDataset
 from lmsuite.data.tokenizer import EOD, load_tokenizer
 from lmsuite.errors import DataFormatError, LmsuiteError
-from lmsuite.evaluate.scoring import continuation_requests, encode_pair, score
+from lmsuite.evaluate.scoring import (
+    continuation_requests,
+    encode_pair,
+    next_token_logprobs,
+    score,
+)
 from lmsuite.model.neox import GPTNeoX
 
 SHOTS = (0, 2, 4, 8, 16)
@@ -51,7 +56,8 @@ class Context:
             self.said.add(line)
 
     def eval_items(self, name: str) -> list[dict]:
-        """The built-in corpus's held-out items of one kind."""
+        """The built-in corpus's held-out items of one kind (not to be changed: they are
+        read once and shared by every checkpoint's evaluation)."""
         if self.data_dir is None:
             raise LmsuiteError(f"task needs the built-in corpus's items ({name}); pass --data "
                                "with a dataset folder built from the built-in corpus")
@@ -59,7 +65,12 @@ class Context:
         if not path.is_file():
             raise LmsuiteError(f"{path}: not found; {self.data_dir} was not built from the "
                                "built-in corpus")
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return _read_items(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_items(path: Path, mtime_ns: int) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # Each task returns (summary rows as (metric, value, n) or (metric, value, n, standard error),
@@ -100,11 +111,13 @@ def lambada(ctx: Context) -> TaskResult:
     return [("acc", acc, n), ("ppl", ppl, n)], []
 
 
-def _validation_texts(data_dir: Path) -> tuple[list[list[int]], list[str], Tokenizer]:
+@functools.lru_cache(maxsize=4)
+def _validation_texts(data_dir: Path, mtime_ns: int) -> tuple[list[list[int]], list[str], str]:
+    """The held-out documents' tokens, their text, and the tokenizer they were made with."""
     val = IndexedDataset(data_dir / "val")
     tok = load_tokenizer(data_dir)
     ids = [val[i][:-1].tolist() for i in range(len(val))]  # without the closing EOD
-    return ids, [tok.decode(x, skip_special_tokens=False) for x in ids], tok
+    return ids, [tok.decode(x, skip_special_tokens=False) for x in ids], tok.to_str()
 
 
 def perplexity(ctx: Context) -> TaskResult:
@@ -112,8 +125,9 @@ def perplexity(ctx: Context) -> TaskResult:
     context: mean loss (nats per token), token perplexity and bits per UTF-8 byte."""
     if ctx.data_dir is None:
         raise LmsuiteError("perplexity needs a dataset folder (--data) for its held-out documents")
-    ids, texts, data_tok = _validation_texts(ctx.data_dir)
-    if ctx.tokenizer.to_str() != data_tok.to_str():  # another model's tokenizer: re-encode
+    ids, texts, data_tok = _validation_texts(
+        ctx.data_dir, (ctx.data_dir / "val.bin").stat().st_mtime_ns)
+    if ctx.tokenizer.to_str() != data_tok:  # another model's tokenizer: re-encode
         ids = [ctx.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
     eod = ctx.tokenizer.token_to_id(EOD)
     inputs, targets = [], []
@@ -208,7 +222,14 @@ def facts(ctx: Context) -> TaskResult:
 
 
 def _pronoun_logprobs(ctx: Context, contexts: list[str]) -> list[tuple[float, float]]:
+    """log P(" he") and log P(" she") after each context."""
     pairs = [encode_pair(ctx.tokenizer, c, f" {p}") for c in contexts for p in ("he", "she")]
+    he, she = pairs[0][1], pairs[1][1]
+    if len(he) == len(she) == 1 and all(p[1] == (he if i % 2 == 0 else she)
+                                        for i, p in enumerate(pairs)):
+        # both one token after every context: one pass per context gives both
+        inputs = [pairs[2 * i][0][-ctx.max_len:] for i in range(len(contexts))]
+        return [tuple(x) for x in next_token_logprobs(ctx.model, inputs, [he[0], she[0]])]
     scored = score(ctx.model, *continuation_requests(pairs, ctx.max_len))
     return [(scored[2 * i].total, scored[2 * i + 1].total) for i in range(len(contexts))]
 
@@ -244,13 +265,13 @@ def pronouns(ctx: Context) -> TaskResult:
     for item, (he, she) in zip(named, with_name, strict=True):
         correct = (he > she) == (item["gold"] == "he")
         accuracy[item["type"]].append(correct)
-        per_item.append(({"occupation": item["occupation"], "context": item["context"],
-                          "type": item["type"]}, "correct", float(correct)))
-    for probe, item in probes:
+        per_item.append(({"occupation": item["occupation"], "type": item["type"],
+                          "gold": item["gold"]}, "correct", float(correct)))
+    for number, (probe, item) in enumerate(probes):
         he, she = bare[probe]
         p_he = 1.0 / (1.0 + math.exp(she - he))
         groups.setdefault(item["stereotype"] or "none", []).append(p_he)
-        per_item.append(({"occupation": item["occupation"], "probe": probe,
+        per_item.append(({"occupation": item["occupation"], "probe": number,
                           "stereotype": item["stereotype"]}, "p_he", p_he))
     pro, anti = _binomial(accuracy["pro"], "acc_pro"), _binomial(accuracy["anti"], "acc_anti")
     rows = [pro, anti, ("gap", pro[1] - anti[1], pro[2] + anti[2],
@@ -271,8 +292,8 @@ def stereotypes(ctx: Context) -> TaskResult:
     scored = score(ctx.model, *continuation_requests([([eod], e) for e in encoded], ctx.max_len))
     more = [scored[2 * i].total > scored[2 * i + 1].total for i in range(len(items))]
     diff = [abs(scored[2 * i].total - scored[2 * i + 1].total) for i in range(len(items))]
-    per_item = [({"occupation": it["occupation"], "sent_more": it["sent_more"]}, "more_likely",
-                 float(m)) for it, m in zip(items, more, strict=True)]
+    per_item = [({"occupation": it["occupation"], "pair": i}, "more_likely", float(m))
+                for i, (it, m) in enumerate(zip(items, more, strict=True))]
     return [_binomial(more, "pct_stereotype"), _mean(diff, "likelihood_diff")], per_item
 
 

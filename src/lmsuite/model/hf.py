@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -196,6 +197,19 @@ def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
         raise DataFormatError(f"{path}: unreadable weights ({e})") from None
 
 
+_SKELETONS: dict[str, GPTNeoX] = {}
+
+
+def _skeleton(cfg: NeoXConfig) -> GPTNeoX:
+    """A new model of this shape on the meta device. Building one initializes its embeddings,
+    which costs even on the meta device, so one is built per shape and copied."""
+    key = repr(cfg)
+    if key not in _SKELETONS:
+        with torch.device("meta"):
+            _SKELETONS[key] = GPTNeoX(cfg)
+    return copy.deepcopy(_SKELETONS[key])
+
+
 def load_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> GPTNeoX:
     """Load any HF GPT-NeoX folder (a real Pythia checkpoint included) as an lmsuite model."""
@@ -205,8 +219,7 @@ def load_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
     if "lm_head.weight" in state:  # transformers >= 5 names the output embedding lm_head
         state["embed_out.weight"] = state.pop("lm_head.weight")
     state = {k: v for k, v in state.items() if not k.endswith(_LEGACY_BUFFERS)}
-    with torch.device("meta"):
-        model = GPTNeoX(cfg)
+    model = _skeleton(cfg)
     expected = model.state_dict()
     if cfg.tie_embeddings:
         state.pop("embed_out.weight", None)

@@ -15,7 +15,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lmsuite import __version__, speedups
 from lmsuite.config import SuiteConfig
@@ -24,7 +23,9 @@ from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.durable import write_file
 from lmsuite.errors import LmsuiteError
 from lmsuite.model.hf import read_weights
-from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size
+from lmsuite.model.neox import GPTNeoX, NeoXConfig, config_for_size, count_parameters
+from lmsuite.progress import bar as progress_bar
+from lmsuite.progress import say, training_work
 from lmsuite.runs import (
     RESUME_CONSEQUENCE,
     Run,
@@ -300,7 +301,7 @@ class Trainer:
         t = self.suite.train
         if start >= t.steps:
             if self.world.main:
-                print(f"{self.model_dir}: finished already (step {start})")
+                say(f"{self.model_dir}: finished already (step {start})")
             return
         saves = set(checkpoint_steps(t.steps, t.checkpoint_every, t.log_checkpoints))
         first = 0 if self.branch is None else self.branch.fork_step  # logged and saved from
@@ -311,8 +312,9 @@ class Trainer:
         if start == first:
             self.save(first, 0.0)
         began = time.perf_counter()
-        bar = tqdm(total=t.steps, initial=start, unit="step", desc=self.model_dir.name,
-                   disable=not (self.progress and self.world.main), dynamic_ncols=True)
+        work = training_work(count_parameters(self.cfg), self.tokens_per_step)
+        bar = progress_bar(t.steps, self.model_dir.name, "step", initial=start, weight=work,
+                           enabled=self.progress and self.world.main)
         with open(metrics, "a") if self.world.main else nullcontext() as log:
             for step in range(start, t.steps):
                 tick = time.perf_counter()
