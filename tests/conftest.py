@@ -4,6 +4,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,21 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "_lmsuite_cache", ""), ignore_errors=True)
+
+
+PYTHIA_DIR = Path(os.environ.get("LMSUITE_PYTHIA_DIR",
+                                 Path(__file__).resolve().parents[2] / "shared" / "pythia"))
+"""Pythia's published artifacts (tokenizer, evaluation files, term-frequency CSVs), outside the
+repository; tests that read them skip, saying so, where they are absent."""
+
+
+def pythia_artifact(*parts: str) -> Path:
+    """A file or folder of Pythia's published artifacts, or a skip naming what is missing."""
+    path = PYTHIA_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: Pythia's published artifacts are not on this machine "
+                    "(set LMSUITE_PYTHIA_DIR to a copy)")
+    return path
 
 
 @pytest.fixture(autouse=True)

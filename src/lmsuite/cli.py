@@ -177,7 +177,8 @@ def cmd_frequency(args: argparse.Namespace) -> None:
     from lmsuite.analysis.frequency import frequency
 
     path = frequency(args.target, steps=args.steps, data=args.data, batch_size=args.batch_size,
-                     seq_len=args.seq_len, results=args.results, progress=not args.no_progress)
+                     seq_len=args.seq_len, results=args.results, progress=not args.no_progress,
+                     items=args.items)
     print(f"results in {path}")
 
 
@@ -235,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from lmsuite.report import write_report
 
-    print(f"report: {write_report(args.run_dir, args.markdown)}")
+    print(f"report: {write_report(args.run_dir, args.markdown, args.compare)}")
 
 
 def _study_arguments(command: argparse.ArgumentParser) -> None:
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="the run's report: RUN_DIR/report/index.html")
     report.add_argument("run_dir", help="the run folder")
     report.add_argument("--markdown", help="also write the findings and timings as Markdown")
+    report.add_argument("--compare", metavar="PYTHIA_EVALS_DIR",
+                        help="draw Pythia's published results (a copy of its evals/ folder) "
+                        "beside the run's")
     report.set_defaults(func=cmd_report)
 
     imports = commands.add_parser("import", help="results from elsewhere, as lmsuite's rows")
@@ -384,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     frequency = commands.add_parser("frequency", parents=[common],
                                     help="accuracy against pretraining term frequency")
     _study_arguments(frequency)
+    frequency.add_argument("--items", help="a dataset folder built from the built-in corpus "
+                           "whose arithmetic and facts items to ask (for data without them, "
+                           "such as Pythia's)")
     frequency.set_defaults(func=cmd_frequency)
 
     intervene = commands.add_parser("intervene", parents=[common],

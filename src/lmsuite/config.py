@@ -22,6 +22,18 @@ def _require(ok: bool, name: str, expected: str) -> None:
         raise ConfigError(f"{name} must be {expected}")
 
 
+def _tokenizer_size(path: str) -> int | None:
+    """Tokens in the tokenizer file at `path`; None where there is no such file yet."""
+    if not Path(path).is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path)).get_vocab_size()
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise ConfigError(f"tokenizer: {path} is not a valid tokenizer.json ({e})") from None
+
+
 def _positive(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -142,8 +154,9 @@ class DataConfig:
     """"synthetic" for the built-in corpus, or a list of files and folders of documents."""
     documents: int = 20000
     """Number of documents of the built-in corpus (ignored for other sources)."""
-    vocab_size: int = 4096
-    """Vocabulary of the BPE tokenizer to train, or the size of the given tokenizer."""
+    vocab_size: int | None = None
+    """Vocabulary of the BPE tokenizer to train (4096 when not given). With `tokenizer` it
+    follows the tokenizer's file and need not be given; given, it must equal the file's."""
     tokenizer: str | None = None
     """Path of a tokenizer.json to use instead of training one (e.g. Pythia's 20B tokenizer)."""
     seq_len: int = 128
@@ -165,6 +178,18 @@ class DataConfig:
                      '"synthetic" or a list of files and folders')
         else:
             _require(len(self.source) > 0, "source", "a non-empty list of files and folders")
+        if self.tokenizer is not None:
+            size = _tokenizer_size(self.tokenizer)
+            if self.vocab_size is None:
+                _require(size is not None, "vocab_size", "given, or the tokenizer file "
+                         f"{self.tokenizer} must exist for it to follow")
+                self.vocab_size = size
+            elif size is not None:
+                _require(self.vocab_size == size, "vocab_size",
+                         f"the tokenizer's size, {size} tokens in {self.tokenizer}, or left "
+                         f"out; got {self.vocab_size}")
+        elif self.vocab_size is None:
+            self.vocab_size = 4096
         _positive(self, "documents", "vocab_size", "seq_len")
         _require(self.vocab_size >= 258, "vocab_size",
                  f"at least 258 (256 bytes and 2 special tokens), got {self.vocab_size}")

@@ -22,15 +22,21 @@ class Job:
     def __init__(self, total: float, enabled: bool):
         self.total, self.done = max(total, 1e-9), 0.0
         self.stage, self.label = "", ""
-        self.began = time.monotonic()
+        self.began = self.drawn = time.monotonic()
+        # A terminal redraws the line often; a log file gets a line every half minute.
+        self.every = 0.2 if sys.stderr.isatty() else 30.0
         self.bar = tqdm(total=1000, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
                         bar_format="{desc} {bar} {postfix}")
 
-    def advance(self, weight: float, label: str | None = None) -> None:
+    def advance(self, weight: float, label: str | None = None, force: bool = False) -> None:
         self.done = min(self.total, self.done + weight)
         if label is not None:
             self.label = label
-        elapsed = time.monotonic() - self.began
+        now = time.monotonic()
+        if not force and now - self.drawn < self.every:
+            return
+        self.drawn = now
+        elapsed = now - self.began
         left = elapsed / self.done * (self.total - self.done) if self.done > 0 else None
         self.bar.set_description_str(f"lmsuite run: {self.stage}: {self.label}", refresh=False)
         self.bar.set_postfix_str(f"{_clock(elapsed)} elapsed, ETA "
@@ -66,24 +72,31 @@ def stage(name: str) -> Iterator[None]:
     """Within: the job's line names this stage."""
     if _job is not None:
         _job.stage = name
-        _job.advance(0.0, "")
+        _job.advance(0.0, "", force=True)
     yield
 
 
 class _JobBar:
-    """A task's bar inside a job: moves the job's line."""
+    """A task's bar inside a job: moves the job's line, which shows the task, how far it is
+    ("step 120/516") and what the task reports (loss, rate)."""
 
-    def __init__(self, desc: str, weight: float):
-        self.desc, self.weight = desc, weight
+    def __init__(self, desc: str, weight: float, total: int, initial: int, unit: str):
+        self.desc, self.weight, self.unit = desc, weight, unit
+        self.total, self.n, self.postfix = total, initial, ""
+
+    def _label(self) -> str:
+        return f"{self.desc} {self.unit} {self.n}/{self.total} {self.postfix}".rstrip()
 
     def update(self, n: float = 1, weight: float | None = None) -> None:
-        _job.advance(n * (self.weight if weight is None else weight), self.desc)
+        self.n += n
+        _job.advance(n * (self.weight if weight is None else weight), self._label())
 
     def set_postfix(self, **kwargs) -> None:
-        pass
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
 
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        _job.advance(0.0, f"{self.desc} {text}")
+        self.postfix = text
+        _job.advance(0.0, self._label())
 
     def close(self) -> None:
         pass
@@ -94,7 +107,7 @@ def bar(total: int, desc: str, unit: str, enabled: bool = True, weight: float = 
     """A progress bar for `total` items (tqdm's: rate, ETA); inside a job, one that moves the
     job's line, each item worth `weight` of the job's work."""
     if _job is not None:
-        return _JobBar(desc, weight)
+        return _JobBar(desc, weight, total, initial, unit)
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
                 dynamic_ncols=True)
 

@@ -194,6 +194,9 @@ class Frames:
     poisson: dict
     """Per model folder, the Poisson view of its last checkpoint (arrays)."""
     run_dir: Path
+    published: object = None
+    """Published rows to compare with (suite "pythia"): those imported into the run's results
+    with `lmsuite import lm-eval`, and those of a Pythia evals/ folder given to `frames`."""
 
     @functools.cached_property
     def items(self):
@@ -216,9 +219,15 @@ def _frame(records: list[dict]):
     return pd.DataFrame.from_records(records)
 
 
-def frames(run_dir: str | os.PathLike) -> Frames:
+PUBLISHED_SUITE = "pythia"
+"""The suite name of published rows (`lmsuite import lm-eval --all`)."""
+
+
+def frames(run_dir: str | os.PathLike, compare: str | os.PathLike | None = None) -> Frames:
     """The run's rows, per-item rows, training metrics, memorization flags and the rest as
-    DataFrames: `frames("runs/tiny").rows.query("task == 'lambada'")`."""
+    DataFrames: `frames("runs/tiny").rows.query("task == 'lambada'")`. Published rows (suite
+    "pythia", in the run's results or read from the Pythia evals/ folder `compare`) are kept
+    apart, in `.published`."""
     import numpy as np
 
     from lmsuite.runs import Run, list_steps, read_json_object, split_model_folder
@@ -262,9 +271,17 @@ def frames(run_dir: str | os.PathLike) -> Frames:
                                for c, a in zip(points["count"], points["acc"], strict=True)]
     import pandas as pd
 
+    published = [r for r in rows if r.get("suite") == PUBLISHED_SUITE]
+    rows = [r for r in rows if r.get("suite") != PUBLISHED_SUITE]
+    if compare is not None:
+        from lmsuite.evaluate.imports import pythia_files, rows_of_files
+
+        published += rows_of_files(pythia_files(compare), suite=PUBLISHED_SUITE)
     return Frames(_frame(rows), _frame(metrics),
                   pd.concat(flags, ignore_index=True) if flags else _frame([]),
-                  _frame(curves), _frame(suite), poisson, Path(run_dir))
+                  _frame(curves), _frame(suite), poisson, Path(run_dir),
+                  _frame(published).drop_duplicates(["model", "dataset", "step", "task",
+                                                     "metric"]) if published else _frame([]))
 
 
 def _describe(folder: Path, steps: list[int], record: dict, model: str, dataset: str) -> dict:

@@ -295,22 +295,34 @@ def test_samples_without_a_manifest_need_a_batch_size(built_data, tmp_path):
 
 @pytest.mark.skipif(not PYTHIA_TOKENIZER.is_file(), reason="Pythia's tokenizer is not available")
 def test_build_with_pythias_tokenizer(tmp_path):
-    suite = small_suite(documents=300, tokenizer=str(PYTHIA_TOKENIZER), vocab_size=50277)
+    from lmsuite.model.neox import config_for_size
+
+    # No vocab_size: it follows the tokenizer; the model's vocabulary is padded as Pythia's.
+    suite = small_suite(documents=300, tokenizer=str(PYTHIA_TOKENIZER), vocab_size=None)
+    assert suite.data.vocab_size == 50277
     standard, _ = build_data(suite, tmp_path, progress=False)
     m = json.loads((standard / "manifest.json").read_text())
     assert m["tokenizer"]["vocab_size"] == 50277 and m["dtype"] == "uint16"
+    assert m["tokenizer"]["eod_id"] == 0
+    cfg = config_for_size(suite.models[0], suite.data.vocab_size, suite.data.seq_len)
+    assert cfg.vocab_size == 50304
     tok = load_tokenizer(standard)
     assert tok.decode(batch_at(standard, 0)[0].tolist()).strip()
 
 
-def test_tokenizer_larger_than_the_configured_vocabulary_is_refused(tmp_path):
+def test_the_vocabulary_follows_a_given_tokenizer_and_must_match_it(tmp_path):
+    from lmsuite.config import ConfigError
     from lmsuite.data.tokenizer import save_tokenizer, train_tokenizer
 
     save_tokenizer(train_tokenizer(["some words here and there"] * 20, 300), tmp_path / "tok")
-    suite = small_suite(documents=50, tokenizer=str(tmp_path / "tok" / "tokenizer.json"),
-                        vocab_size=258)
-    with pytest.raises(LmsuiteError, match="more than \\[data\\] vocab_size = 258"):
-        build_data(suite, tmp_path / "d", progress=False)
+    path = str(tmp_path / "tok" / "tokenizer.json")
+    size = load_tokenizer(path).get_vocab_size()
+    assert small_suite(documents=50, tokenizer=path, vocab_size=None).data.vocab_size == size
+    with pytest.raises(ConfigError, match=f"vocab_size must be the tokenizer's size, {size} "
+                                          "tokens in .*got 4096"):
+        small_suite(documents=50, tokenizer=path, vocab_size=4096)
+    with pytest.raises(ConfigError, match="vocab_size must be given, or the tokenizer file"):
+        small_suite(documents=50, tokenizer=str(tmp_path / "none.json"), vocab_size=None)
 
 
 @pytest.mark.parametrize("lines, message", [

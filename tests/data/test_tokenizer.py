@@ -40,6 +40,32 @@ def test_pythias_own_tokenizer_file_loads():
     assert tok.decode(tok.encode("Hello world").ids) == "Hello world"
 
 
+PARITY_TEXTS = [
+    "The quick brown fox jumps over the lazy dog. It's 3:45pm, isn't it?",
+    "El niño comió jamón y pidió más café; ¿qué pasó después? ¡Nadie lo sabe!",
+    "我们今天去公园散步，天气非常好。东京和北京都是大城市。",
+    "def f(x):\n    return {'a': [1, 2, 3], \"b\": x ** 2}  # comment\n\tpass\n",
+    "    leading spaces,   runs   of    spaces\n\n\n\nand newlines\r\n \n  ",
+    "3.14159 1,000,000 -42 0x1F 2026-12-03 123456789012345678901234567890",
+    "emoji 😀👍🏽 🇯🇵 family 👨‍👩‍👧 and ✓ ☃ ∑ → ≠",
+    "<|endoftext|>two documents<|endoftext|>",
+]
+
+
+@pytest.mark.skipif(not PYTHIA.is_file(), reason="Pythia's tokenizer is not available")
+def test_pythia_tokenizer_ids_equal_transformers(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    ours = load_tokenizer(PYTHIA)
+    reference = PreTrainedTokenizerFast(tokenizer_file=str(PYTHIA))
+    for text in PARITY_TEXTS:
+        assert ours.encode(text).ids == reference(text)["input_ids"], text
+        assert ours.decode(ours.encode(text).ids, skip_special_tokens=False) == reference.decode(
+            reference(text)["input_ids"])
+    assert ours.token_to_id(EOD) == 0 == reference.convert_tokens_to_ids(EOD)
+    assert ours.encode("<|endoftext|>").ids == [0]
+
+
 def test_missing_or_broken_tokenizer_is_a_clear_error(tmp_path):
     from lmsuite.errors import DataFormatError
 

@@ -87,3 +87,33 @@ def test_the_report_opens_in_a_real_browser_offline(partial_run, tmp_path):
     assert len(widths) == len(report.FIGURES) and all(w > 0 for w in widths)
     assert errors == [] and requested == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_compare_draws_published_beside_measured_and_says_which_is_which(partial_run, tmp_path):
+    import json
+
+    from lmsuite.report.published import COMPARISONS, lambada_published
+    from tests.conftest import pythia_artifact
+
+    evals = pythia_artifact("evals")
+    copy = tmp_path / "run"
+    shutil.copytree(partial_run, copy)
+    f = frames(copy, evals)
+    assert set(f.rows["suite"]) != {"pythia"} and set(f.published["suite"]) == {"pythia"}
+    figure = lambada_published(f)
+    published, measured = figure.axes[0], figure.axes[1]
+    # 16 published curves (8 sizes, standard and deduped) on a fraction-of-training axis.
+    assert len(published.get_lines()) == 16
+    assert max(max(line.get_xdata()) for line in published.get_lines()) == pytest.approx(1.0)
+    assert len(measured.get_lines()) == 1
+    assert list(measured.get_lines()[0].get_xdata()) == pytest.approx(
+        [s / 20 for s in (0, 1, 2, 4, 8, 16, 20)])
+    page = report.write_report(copy, compare=evals).read_text()
+    for name in COMPARISONS:
+        assert f"<img src='{name}.png'" in page
+    # The caption's published number is the file's own.
+    data = json.loads((evals / "pythia-v1" / "pythia-70m" / "zero-shot" /
+                       "70m_step143000.json").read_text())
+    value = data["results"]["lambada_openai"]["acc"]
+    assert f"Published at step 143,000 (standard): pythia-70m {value:.3f}" in page
+    assert "Measured here" in page and "except those a caption calls published" in page

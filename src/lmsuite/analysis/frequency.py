@@ -220,38 +220,50 @@ def _entities(data_dir: Path) -> list[str]:
 
 def frequency(target: str, steps: str = "log", data: str | None = None,
               batch_size: int | None = None, seq_len: int | None = None,
-              results: str | None = None, progress: bool = True) -> Path:
+              results: str | None = None, progress: bool = True,
+              items: str | None = None) -> Path:
     """Count the terms in each dataset, evaluate arithmetic and facts at the chosen
     checkpoints where that was not done yet, and write Δ rows (results/frequency.jsonl) and
-    accuracy-against-count curves (results/frequency/). Returns the results file."""
+    accuracy-against-count curves (results/frequency/). Returns the results file.
+
+    The items (arithmetic and facts questions, and so the terms) come from the training
+    dataset where it was built from the built-in corpus, else from `items`: a dataset folder
+    that was (for a real Pythia model, whose data holds no such items)."""
     from lmsuite.evaluate.runner import evaluate
 
     models = study_models(target, steps, data, batch_size, seq_len)
     for m in models:
-        if eval_items_dir(m.data_dir) is None:
-            raise LmsuiteError(f"{m.data_dir}: the frequency study needs the built-in corpus's "
-                               "arithmetic and facts items (a dataset built from it)")
+        source = Path(items) if items else m.data_dir
+        if eval_items_dir(source) is None:
+            raise LmsuiteError(f"{source}: the frequency study needs the built-in corpus's "
+                               "arithmetic and facts items (a dataset built from it; for other "
+                               "data pass --items DATASET_DIR)")
     store = ResultStore(results or models[0].run.study_results("frequency"))
     counted: dict[tuple, TermCounts] = {}
     for m in models:
+        items_dir = Path(items) if items else m.data_dir
         evaluate(m.folder, tasks=["arithmetic", "facts"],
-                 steps=",".join(map(str, m.steps)), data=m.data_dir, progress=progress)
+                 steps=",".join(map(str, m.steps)), data=items_dir, progress=progress)
         key = (m.data_dir, tuple(m.all_steps), m.batch_size)
         if key not in counted:
-            counted[key] = _counts(m, progress)
+            counted[key] = _counts(m, items_dir, progress)
         _join(m, counted[key], store)
     return store.path
 
 
-def _counts(m: StudyModel, progress: bool) -> TermCounts:
+def _counts(m: StudyModel, items_dir: Path, progress: bool) -> TermCounts:
     index = TokenIndex.open(m.data_dir, progress=progress)
+    # lmsuite's datasets keep their tokenizer; Pythia's data is read with the model's.
+    tokenizer_at = m.data_dir if (m.data_dir / "tokenizer.json").is_file() else \
+        m.checkpoint(m.all_steps[-1])
+    entities = _entities(items_dir)
     source = (f"{index.data.bin_path.resolve()} {index.tokens.size} B={m.batch_size} "
-              f"steps={m.all_steps}")
+              f"steps={m.all_steps} entities={len(entities)}")
     path = m.run.term_counts(m.dataset or "standard")
     counts = load_counts(path, source)
     if counts is None:
-        counts = count_terms(index, load_tokenizer(m.data_dir), item_neighbours(m.data_dir),
-                             _entities(m.data_dir), m.all_steps, m.batch_size, progress)
+        counts = count_terms(index, load_tokenizer(tokenizer_at), item_neighbours(m.data_dir),
+                             entities, m.all_steps, m.batch_size, progress)
         save_counts(path, counts, source)
     return counts
 

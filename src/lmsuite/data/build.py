@@ -240,9 +240,10 @@ def _tokenizer(suite: SuiteConfig, partial: PartialBuild,
     data = suite.data
     if data.tokenizer:
         tok = load_tokenizer(data.tokenizer)
-        if tok.get_vocab_size() > data.vocab_size:
+        if tok.get_vocab_size() != data.vocab_size:
             raise LmsuiteError(f"{data.tokenizer}: the tokenizer has {tok.get_vocab_size()} "
-                               f"tokens, more than [data] vocab_size = {data.vocab_size}")
+                               f"tokens, [data] vocab_size = {data.vocab_size} (leave it out "
+                               "to follow the tokenizer)")
         return tok
     path = partial.folder / "tokenizer.json"
     if not partial.get("tokenizer"):

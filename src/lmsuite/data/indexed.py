@@ -3,11 +3,16 @@
 Index layout (little-endian): magic `MMIDIDX\\x00\\x00`, uint64 version (1), uint8 dtype code,
 uint64 item count n, uint64 doc_idx count m, int32 sizes[n], int64 pointers[n] (byte offsets
 into .bin), int64 doc_idx[m] (item index where each document starts; the last entry is n).
+
+Pythia's pre-shuffled release cuts the one .bin into byte-level shards,
+`document-00000-of-00020.bin` ... ("of" names the last index), beside one `document.idx`;
+they are read in place as the one file they were cut from (a memory map per shard).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from array import array
 from dataclasses import dataclass
@@ -25,6 +30,97 @@ DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.
 CODES = {np.dtype(v): k for k, v in DTYPES.items()}
 
 
+SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.bin$")
+
+
+def shard_paths(prefix: str | os.PathLike) -> list[Path]:
+    """The shards `<prefix>-00000-of-NNNNN.bin` ... of a .bin cut into pieces, in order; empty
+    where there are none. A missing shard is an error naming it."""
+    prefix = Path(prefix)
+    found = sorted(prefix.parent.glob(f"{glob_escape(prefix.name)}-[0-9][0-9][0-9][0-9][0-9]"
+                                      "-of-[0-9][0-9][0-9][0-9][0-9].bin"))
+    if not found:
+        return []
+    last = {int(SHARD.search(p.name).group(2)) for p in found}
+    if len(last) != 1:
+        raise DataFormatError(f"{prefix}: shards of different counts ({sorted(last)} as the "
+                              "last index) side by side")
+    total = last.pop() + 1
+    expected = [prefix.parent / f"{prefix.name}-{i:05d}-of-{total - 1:05d}.bin"
+                for i in range(total)]
+    missing = [str(p) for p in expected if not p.is_file()]
+    if missing:
+        raise DataFormatError(f"{missing[0]}: shard missing ({len(missing)} of {total} are); "
+                              "all shards are needed")
+    return expected
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[\]])", r"[\1]", name)
+
+
+class ShardedTokens:
+    """The tokens of a .bin cut into byte-level shards, indexed as the one array they were cut
+    from: ints, slices and integer arrays, like the memory map of the joined file."""
+
+    def __init__(self, paths: list[Path], dtype: np.dtype):
+        self.paths, self.dtype = paths, np.dtype(dtype)
+        self.maps = [np.memmap(p, mode="r", dtype=np.uint8) if p.stat().st_size else
+                     np.zeros(0, np.uint8) for p in paths]
+        self.starts = np.cumsum([0] + [len(m) for m in self.maps])  # byte offset per shard
+        self.nbytes = int(self.starts[-1])
+        self.size = self.nbytes // self.dtype.itemsize
+        self.shape = (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _bytes(self, begin: int, end: int) -> np.ndarray:
+        """Bytes [begin, end) of the joined file: a view where one shard holds them all."""
+        first = int(np.searchsorted(self.starts, begin, side="right")) - 1
+        if end <= self.starts[first + 1]:
+            return self.maps[first][begin - self.starts[first]:end - self.starts[first]]
+        parts, at = [], begin
+        while at < end:
+            shard = int(np.searchsorted(self.starts, at, side="right")) - 1
+            stop = min(end, int(self.starts[shard + 1]))
+            parts.append(self.maps[shard][at - self.starts[shard]:stop - self.starts[shard]])
+            at = stop
+        return np.concatenate(parts)
+
+    def __getitem__(self, key):
+        size = self.dtype.itemsize
+        if isinstance(key, slice):
+            start, stop, stride = key.indices(self.size)
+            if stop <= start:
+                return np.zeros(0, self.dtype)
+            return self._bytes(start * size, stop * size).view(self.dtype)[::stride]
+        if isinstance(key, int | np.integer):
+            key = int(key) + (self.size if key < 0 else 0)
+            if not 0 <= key < self.size:
+                raise IndexError(f"token {key} out of range (0..{self.size - 1})")
+            return self._bytes(key * size, (key + 1) * size).view(self.dtype)[0]
+        positions = np.asarray(key, np.int64)
+        out = np.empty(positions.shape, self.dtype)
+        flat, result = positions.ravel(), out.ravel()
+        shard = np.searchsorted(self.starts, flat * size, side="right") - 1
+        for s in np.unique(shard):
+            chosen = shard == s
+            local = flat[chosen] * size - self.starts[s]
+            inside = local + size <= len(self.maps[s])
+            view = self.maps[s][: len(self.maps[s]) // size * size].view(self.dtype) \
+                if (self.starts[s] % size == 0) else None
+            if view is not None and inside.all():
+                result[chosen] = view[local // size]
+            else:  # a token cut by the shard's edge
+                result[chosen] = [self[int(p)] for p in flat[chosen]]
+        return out
+
+    def token_aligned(self) -> bool:
+        """Whether every shard starts on a token (as Pythia's, 5,000,000,000-byte shards do)."""
+        return all(int(s) % self.dtype.itemsize == 0 for s in self.starts)
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every token id fits, int32 otherwise."""
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.int32)
@@ -36,6 +132,9 @@ class IndexedDataset:
     def __init__(self, prefix: str | os.PathLike):
         prefix = str(prefix)
         self.idx_path, self.bin_path = Path(prefix + ".idx"), Path(prefix + ".bin")
+        self.shards = [] if self.bin_path.is_file() else shard_paths(prefix)
+        if self.shards:
+            self.bin_path = self.shards[0]
         for path in (self.idx_path, self.bin_path):
             if not path.is_file():
                 raise DataFormatError(f"{path}: file not found")
@@ -65,13 +164,18 @@ class IndexedDataset:
         self.sizes = np.frombuffer(index, np.int32, n, HEADER_BYTES)
         self.pointers = np.frombuffer(index, np.int64, n, HEADER_BYTES + 4 * n)
         self.doc_idx = np.frombuffer(index, np.int64, m, HEADER_BYTES + 12 * n)
-        bin_bytes = self.bin_path.stat().st_size
+        bin_bytes = sum(p.stat().st_size for p in self.shards or [self.bin_path])
         if n and int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize > bin_bytes:
-            raise DataFormatError(f"{self.bin_path}: shorter ({bin_bytes} bytes) than its index "
+            what = f"{len(self.shards)} shards from {self.bin_path}" if self.shards else \
+                str(self.bin_path)
+            raise DataFormatError(f"{what}: shorter ({bin_bytes} bytes) than its index "
                                   "says; the file is truncated")
         count = bin_bytes // self.dtype.itemsize
-        self.tokens = (np.memmap(self.bin_path, mode="r", dtype=self.dtype, shape=(count,))
-                       if count else np.zeros(0, self.dtype))
+        if self.shards:
+            self.tokens = ShardedTokens(self.shards, self.dtype)
+        else:
+            self.tokens = (np.memmap(self.bin_path, mode="r", dtype=self.dtype, shape=(count,))
+                           if count else np.zeros(0, self.dtype))
 
     def __len__(self) -> int:
         return len(self.sizes)

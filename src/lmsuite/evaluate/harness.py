@@ -59,8 +59,9 @@ def check_harness_tasks(tasks: list[str], data_dir: Path | None) -> None:
 
 
 def run_harness(folder: Path, task: str, data_dir: Path | None,
-                batch_size: int = 16) -> list[tuple[str, float, int]]:
-    """[(metric, value, n)] of one lm-evaluation-harness task on the HF folder `folder`.
+                batch_size: int = 16) -> list[tuple[str, float, int, float | None]]:
+    """[(metric, value, n, stderr or None)] of one lm-evaluation-harness task on the HF
+    folder `folder`.
 
     The shipped tasks (lmsuite_lambada, lmsuite_arithmetic) read the built-in corpus's items
     from `data_dir`; any other task name is looked up in lm-evaluation-harness's registry and
@@ -89,12 +90,8 @@ def run_harness(folder: Path, task: str, data_dir: Path | None,
         shutil.rmtree(tmp, ignore_errors=True)
     if out is None or task not in out["results"]:
         raise LmsuiteError(f"lm-evaluation-harness gave no results for {task}")
+    from lmsuite.evaluate.imports import task_metrics
+
     n = int(out["n-samples"][task]["effective"])
-    rows = []
-    for key, value in sorted(out["results"][task].items()):
-        metric, _, _ = key.partition(",")
-        if (metric in ("alias", "sample_len") or metric.endswith("_stderr")
-                or not isinstance(value, int | float)):
-            continue  # sample_len is the item count, which every row carries as n
-        rows.append((metric, float(value), n))
-    return rows
+    return [(metric, value, n, stderr)
+            for metric, value, stderr in task_metrics(out["results"][task])]

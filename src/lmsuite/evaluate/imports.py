@@ -39,6 +39,22 @@ def metric_name(key: str) -> str:
     return METRIC_NAMES.get(metric, metric)
 
 
+def task_metrics(metrics: dict) -> list[tuple[str, float, float | None]]:
+    """[(metric, value, stderr or None)] of one task's harness results, in lmsuite's names: the
+    filter suffix dropped, stderr paired with its metric, bookkeeping (alias, sample_len) left
+    out. `eval --harness` and `import lm-eval` both read results through this."""
+    out = []
+    for key, value in sorted(metrics.items()):
+        metric = key.partition(",")[0]
+        if (metric in ("alias", "sample_len") or metric.endswith("_stderr")
+                or not isinstance(value, int | float) or isinstance(value, bool)):
+            continue  # sample_len is the item count, which every row carries as n
+        stderr = metrics.get(f"{metric}_stderr" + key[len(metric):])
+        out.append((metric_name(metric), float(value),
+                    float(stderr) if isinstance(stderr, int | float) else None))
+    return out
+
+
 def pythia_model(pretrained: str) -> tuple[str, str] | None:
     """(model, dataset) of a Pythia model named as the harness ran it, or None:
     "EleutherAI/pythia-v1.1-1b-bf16" -> ("pythia-1b", "standard"),
@@ -97,15 +113,9 @@ def rows_of_file(path: str | os.PathLike, model: str | None = None, dataset: str
         name = f"harness:{task}" + (f"_{int(shots)}shot" if shots else "")
         n = (n_samples.get(task) or {}).get("effective")
         source = Source(suite, model, dataset, step)
-        for key, value in sorted(metrics.items()):
-            metric = key.partition(",")[0]
-            if (metric in ("alias", "sample_len") or metric.endswith("_stderr")
-                    or not isinstance(value, int | float) or isinstance(value, bool)):
-                continue
-            stderr_key = f"{metric}_stderr" + key[len(metric):]
-            stderr = metrics.get(stderr_key)
-            extra = {"stderr": float(stderr)} if isinstance(stderr, int | float) else {}
-            out.append(source.row(name, metric_name(metric), float(value), n, **extra))
+        for metric, value, stderr in task_metrics(metrics):
+            extra = {} if stderr is None else {"stderr": stderr}
+            out.append(source.row(name, metric, value, n, **extra))
     return out
 
 
@@ -149,19 +159,26 @@ def pythia_files(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
+def rows_of_files(files: list[str | os.PathLike], model: str | None = None,
+                  dataset: str | None = None, suite: str | None = None,
+                  step_from_name: bool = False) -> list[dict]:
+    """The rows of result files and term-frequency CSVs."""
+    out = []
+    for path in map(Path, files):
+        out += (rows_of_term_frequency_csv(path, suite) if path.suffix == ".csv" else
+                rows_of_file(path, model, dataset, suite, step_from_name))
+    return out
+
+
 def import_files(files: list[str | os.PathLike], results: str | os.PathLike,
                  model: str | None = None, dataset: str | None = None,
                  suite: str | None = None, step_from_name: bool = False) -> tuple[int, int]:
     """Add the rows of `files` to the results file, skipping (model, step, task) already
     there; (rows added, files read)."""
     by_key: dict[tuple, list[dict]] = {}
-    for path in files:
-        path = Path(path)
-        rows = (rows_of_term_frequency_csv(path, suite) if path.suffix == ".csv" else
-                rows_of_file(path, model, dataset, suite, step_from_name))
-        for row in rows:
-            by_key.setdefault((row["suite"], row["model"], row["dataset"], row["step"],
-                               row["task"]), []).append(row)
+    for row in rows_of_files(files, model, dataset, suite, step_from_name):
+        by_key.setdefault((row["suite"], row["model"], row["dataset"], row["step"],
+                           row["task"]), []).append(row)
     entries = [(Source(s, m, d, step), task, rows)
                for (s, m, d, step, task), rows in by_key.items()]
     return ResultStore(results).add_all(entries), len(files)

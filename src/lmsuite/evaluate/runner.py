@@ -215,8 +215,9 @@ def evaluate(target: str | os.PathLike, tasks: list[str] | None = None, steps: s
             from lmsuite.evaluate.harness import run_harness
 
             rows = run_harness(checkpoint.folder, task.removeprefix("harness:"), data_dir)
-            store.add(checkpoint.source, task,
-                      [checkpoint.source.row(task, m, v, n) for m, v, n in rows])
+            store.add(checkpoint.source, task, [
+                checkpoint.source.row(task, m, v, n, **({} if e is None else {"stderr": e}))
+                for m, v, n, e in rows])
         else:
             if loaded is None or loaded[0] != checkpoint.folder:
                 model = load_model(checkpoint.folder)

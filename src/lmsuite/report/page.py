@@ -200,9 +200,15 @@ def markdown(f: Frames) -> str:
 
 def render(f: Frames, folder: Path) -> Path:
     """Draw every figure into `folder` and write index.html there."""
+    from lmsuite.report.published import COMPARISONS, comparison_captions
+
     texts = captions(f)
+    drawn = dict(FIGURES)
+    if f.published is not None and not f.published.empty:
+        drawn.update(COMPARISONS)
+        texts.update(comparison_captions(f, _final))
     parts = []
-    for name, draw in FIGURES.items():
+    for name, draw in drawn.items():
         figure = draw(f)
         figure.savefig(folder / f"{name}.png", dpi=100)
         shows, measured = texts.get(name, ("", ""))
@@ -218,7 +224,9 @@ def render(f: Frames, folder: Path) -> Path:
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}"
             f"</title><style>{CSS}</style></head><body><h1>{title}</h1>"
             f"<p>Drawn from the files in <code>{html.escape(str(f.run_dir))}</code> on {stamp}; "
-            "every number below was measured on this run.</p>"
+            "every number below was measured on this run" +
+            (", except those a caption calls published (Pythia's own result files)"
+             if f.published is not None and not f.published.empty else "") + ".</p>"
             "<h2>Findings</h2>" + _findings_table(findings(f)) +
             "<h2>Figures</h2>" + "".join(parts) +
             "<h2>The suite</h2>" + _suite_table(f) +
@@ -229,16 +237,18 @@ def render(f: Frames, folder: Path) -> Path:
     return index
 
 
-def write_report(run_dir: str | Path, markdown_file: str | Path | None = None) -> Path:
+def write_report(run_dir: str | Path, markdown_file: str | Path | None = None,
+                 compare: str | Path | None = None) -> Path:
     """RUN_DIR/report/index.html and its figures, replaced whole (and the findings as Markdown
-    in `markdown_file`); returns index.html."""
+    in `markdown_file`), with Pythia's published results beside the run's where the run's
+    results hold them or `compare` (a Pythia evals/ folder) is given; returns index.html."""
     run = Run(run_dir)
     final = run.report
     tmp = temporary(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        f = frames(run_dir)
+        f = frames(run_dir, compare)
         render(f, tmp)
         if markdown_file is not None:
             write_file(markdown_file, markdown(f))
