@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import traceback
 from pathlib import Path
 
 from lmsuite.errors import LmsuiteError
-from lmsuite.runs import Run, default_run_dir
+from lmsuite.runs import Run, default_run_dir, read_manifest
 
 
 def cmd_model_info(args: argparse.Namespace) -> None:
@@ -56,6 +57,16 @@ def cmd_data_build(args: argparse.Namespace) -> None:
         counts = json.loads((folder / "manifest.json").read_text())["counts"]
         print(f"{folder}: {counts['train_documents']} documents, {counts['document_tokens']:,} "
               f"tokens, {counts['train_samples']} samples ({counts['epochs']} epochs)")
+
+
+def cmd_data_verify(args: argparse.Namespace) -> None:
+    from lmsuite.data.verify import verify
+
+    manifest = read_manifest(args.data_dir)
+    if manifest is None:
+        raise LmsuiteError(f"{args.data_dir}: no manifest.json; not a dataset lmsuite built")
+    print(f"{args.data_dir}: intact ({verify(args.data_dir, manifest, full=args.full)} "
+          "checked)")
 
 
 def cmd_batch(args: argparse.Namespace) -> None:
@@ -322,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if built already")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=cmd_data_build)
+    check = data_commands.add_parser("verify", parents=[common],
+                                     help="check a dataset's files against its manifest")
+    check.add_argument("data_dir", help="a dataset folder (standard/ or deduped/ of a run's data)")
+    check.add_argument("--full", action="store_true",
+                       help="read every byte against the full sha256 (training itself checks "
+                       "sizes and sampled blocks at each start)")
+    check.set_defaults(func=cmd_data_verify)
 
     batch = commands.add_parser("batch", parents=[common],
                                 help="the exact tokens of one training step")
@@ -424,6 +442,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(e: BaseException) -> str:
+    """One line for an error: lmsuite's own as they are, an operating system's as the path and
+    the cause (with what is safe where the disk is full)."""
+    if isinstance(e, LmsuiteError):
+        return str(e)
+    if isinstance(e, UnicodeDecodeError):
+        return f"text that is not UTF-8 (byte {e.start}: {e.reason})"
+    if isinstance(e, OSError):
+        path = e.filename if e.filename is not None else "a file"
+        cause = e.strerror or str(e)
+        if e.errno == errno.ENOSPC:
+            return (f"{path}: no space left on the device; what was saved before (the previous "
+                    "checkpoint, the rows written) is intact: free space and run the command "
+                    "again to continue")
+        if e.errno in (errno.EACCES, errno.EPERM):
+            cause = "permission denied"
+        elif e.errno == errno.EISDIR:
+            cause = "is a folder, expected a file"
+        elif e.errno == errno.ENOTDIR:
+            cause = "a part of the path is a file, expected a folder"
+        elif e.errno == errno.EEXIST:
+            cause = "exists already"
+        elif e.errno == errno.ENOENT:
+            cause = "not found"
+        return f"{path}: {cause}"
+    return str(e)
+
+
+def _is_write_failure(e: RuntimeError) -> bool:
+    text = str(e)
+    return any(s in text for s in ("unexpected pos", "PytorchStreamWriter failed",
+                                   "file write failed", "No space left"))
+
+
 def main(argv: list[str] | None = None) -> None:
     from lmsuite import accel
 
@@ -431,10 +483,18 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (LmsuiteError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (LmsuiteError, OSError, UnicodeDecodeError) as e:
         if args.debug:
             traceback.print_exc()
-        print(f"lmsuite: error: {e}", file=sys.stderr)
+        print(f"lmsuite: error: {describe_error(e)}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:  # torch's writers report a full disk as a RuntimeError
+        if not _is_write_failure(e):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"lmsuite: error: {describe_error(OSError(errno.ENOSPC, 'write failed'))}",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("lmsuite: interrupted", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -32,6 +34,14 @@ def _tokenizer_size(path: str) -> int | None:
         return Tokenizer.from_file(str(path)).get_vocab_size()
     except Exception as e:  # tokenizers raises a bare Exception on malformed files
         raise ConfigError(f"tokenizer: {path} is not a valid tokenizer.json ({e})") from None
+
+
+def _finite(obj: object) -> None:
+    """Every float setting of `obj` is a finite number (inf and nan pass every range check)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -86,6 +96,7 @@ class ModelConfig:
     """x + attn(ln1(x)) + mlp(ln2(x)) as in Pythia; false for the sequential residual."""
 
     def __post_init__(self) -> None:
+        _finite(self)
         check_name(self.name, "name")
         _require(not self.name.endswith(DEDUPED_SUFFIX), "name",
                  f"free of the suffix {DEDUPED_SUFFIX!r} (lmsuite adds it for the deduplicated "
@@ -130,6 +141,7 @@ class SyntheticConfig:
     """Arithmetic evaluation items per first operand (0-99), each with another second one."""
 
     def __post_init__(self) -> None:
+        _finite(self)
         _fraction(self, "story_share", "fact_share", "arithmetic_share", "spanish_share",
                   "lambada_share", "duplicate_share", "near_copy_share", "gender_skew")
         total = self.story_share + self.fact_share + self.arithmetic_share
@@ -169,10 +181,16 @@ class DataConfig:
     """Field holding the document text in .jsonl and .parquet files."""
     txt_separator: str | None = None
     """Split .txt files into documents on this string; by default a file is one document."""
+    encoding: str = "utf-8"
+    """Text encoding of the document files."""
+    encoding_errors: str = "strict"
+    """What a byte sequence that is not valid in `encoding` does: "strict" (an error naming
+    the file and line or byte), or "replace" (U+FFFD) or "ignore"."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Settings of the built-in corpus (`source = "synthetic"`)."""
 
     def __post_init__(self) -> None:
+        _finite(self)
         if isinstance(self.source, str):
             _require(self.source == "synthetic", "source",
                      '"synthetic" or a list of files and folders')
@@ -194,6 +212,14 @@ class DataConfig:
         _require(self.vocab_size >= 258, "vocab_size",
                  f"at least 258 (256 bytes and 2 special tokens), got {self.vocab_size}")
         _fraction(self, "validation_fraction", "dedup_threshold")
+        _require(self.txt_separator != "", "txt_separator", "a non-empty string, or left out")
+        _require(self.encoding_errors in ("strict", "replace", "ignore"), "encoding_errors",
+                 f'"strict", "replace" or "ignore", got {self.encoding_errors!r}')
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(f"encoding must be a text encoding Python knows, got "
+                              f"{self.encoding!r}") from None
         _require(self.validation_fraction < 1.0, "validation_fraction", "below 1")
 
 
@@ -233,6 +259,7 @@ class TrainConfig:
     (the intervention study does); false keeps it only in the newest (saves disk at scale)."""
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive(self, "batch_size", "steps", "checkpoint_every", "adam_eps")
         _require(self.micro_batch_size >= 0, "micro_batch_size",
                  f"positive (or 0 for the whole batch), got {self.micro_batch_size!r}")
@@ -265,6 +292,7 @@ class SuiteConfig:
     """How every size is trained."""
 
     def __post_init__(self) -> None:
+        _finite(self)
         check_name(self.name, "name")
         _require(len(self.models) > 0, "models", "a non-empty [[models]] table")
         names = [m.name for m in self.models]
@@ -362,8 +390,10 @@ def load_suite(path: str | os.PathLike) -> SuiteConfig:
             table = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a suite TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
     try:
         return suite_from_dict(table)
     except ConfigError as e:

@@ -11,3 +11,12 @@ class ConfigError(LmsuiteError, ValueError):
 
 class DataFormatError(LmsuiteError, ValueError):
     """A data or checkpoint file is not what lmsuite expects."""
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors; PyTorch's refusal of a
+    pickle that holds more than tensors (a six-line hint) said in words."""
+    text = str(e).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "holds pickled objects other than tensors, refused (weights_only=True)"
+    return text.splitlines()[0] if text else type(e).__name__

@@ -91,7 +91,7 @@ class _JobBar:
         self.n += n
         _job.advance(n * (self.weight if weight is None else weight), self._label())
 
-    def set_postfix(self, **kwargs) -> None:
+    def set_postfix(self, refresh: bool = True, **kwargs) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
 
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:

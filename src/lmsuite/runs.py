@@ -240,8 +240,13 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict | None:
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict | None:
-    """A built dataset's manifest.json, None where there is none."""
-    return read_json_object(Path(data_dir) / "manifest.json", "a dataset's manifest")
+    """A built dataset's manifest.json, None where there is none; one without the fields
+    lmsuite reads is an error naming the field."""
+    from lmsuite.data.verify import check_manifest_shape
+
+    path = Path(data_dir) / "manifest.json"
+    manifest = read_json_object(path, "a dataset's manifest")
+    return None if manifest is None else check_manifest_shape(manifest, path)
 
 
 def read_provenance(folder: str | os.PathLike) -> dict | None:

@@ -30,6 +30,7 @@ from lmsuite.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from lmsuite.data.verify import describe_files, seal
 from lmsuite.durable import (
     fsync_tree,
     is_temporary,
@@ -169,7 +170,8 @@ def _build(suite: SuiteConfig, out: Path, partial: PartialBuild, params: dict,
         files = source_files(list(data.source))
 
     def documents() -> Iterator[str]:
-        return iter_documents(files, data.text_field, data.txt_separator)
+        return iter_documents(files, data.text_field, data.txt_separator, data.encoding,
+                              data.encoding_errors)
 
     # 2. Tokenizer: given, or trained on the training documents (never on held-out ones).
     count = partial.get("count")
@@ -221,8 +223,9 @@ def _build(suite: SuiteConfig, out: Path, partial: PartialBuild, params: dict,
             },
             "sha256": {"train.bin": file_sha256(folder / "train.bin"),
                        "val.bin": file_sha256(folder / "val.bin")},
+            "files": describe_files(folder),
         }
-        write_file(folder / "manifest.json", manifest)
+        write_file(folder / "manifest.json", seal(manifest))
 
     # 5. Into place: the manifest-bearing folders appear only now, each in one rename, once
     # their files are on disk (a machine that goes down leaves no complete-looking dataset).

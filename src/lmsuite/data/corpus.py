@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -10,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmsuite.errors import DataFormatError, LmsuiteError
+from lmsuite.errors import DataFormatError, LmsuiteError, reason
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt", ".parquet")
 
@@ -50,47 +51,86 @@ def source_files(sources: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     kind = _kind(path)
     if kind == ".jsonl.gz":
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rb")
     if kind == ".jsonl.zst":
         import zstandard
 
         raw = path.open("rb")
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw,
+                                                                             closefd=True))
+    return path.open("rb")
 
 
-def jsonl_texts(path: Path, field: str) -> Iterator[str]:
+def _lines(path: Path, encoding: str, errors: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, plain or compressed, each line decoded on its own;
+    a line that is not valid in the encoding, or a compressed file cut short, is an error
+    naming the file and line."""
+    number = 0
+    try:
+        with _open_binary(path) as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    yield number, raw.decode(encoding, errors)
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(f"{path}:{number}: not valid {encoding} ({e.reason} "
+                                          f"at byte {e.start} of the line); set [data] "
+                                          'encoding, or encoding_errors = "replace"') from None
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise DataFormatError(f"{path}: the compressed file is damaged or cut short after line "
+                              f"{number} ({reason(e)})") from None
+    except Exception as e:  # zstandard.ZstdError is not an OSError
+        if type(e).__name__ != "ZstdError":
+            raise
+        raise DataFormatError(f"{path}: the compressed file is damaged or cut short after line "
+                              f"{number} ({reason(e)})") from None
+
+
+def jsonl_texts(path: Path, field: str, encoding: str = "utf-8",
+                errors: str = "strict") -> Iterator[str]:
     """The string `field` of each JSON line of `path` (plain, .gz or .zst); blank lines are
     skipped, and a line that is not JSON or lacks the field is an error naming the line."""
-    with _open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for number, line in _lines(path, encoding, errors):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        text = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise DataFormatError(f"{path}:{number}: no text field {field!r} (a string)")
+        yield text
+
+
+def _txt(path: Path, separator: str | None, encoding: str = "utf-8",
+         errors: str = "strict") -> Iterator[str]:
+    # Stream the file, cutting on the separator, so a large file is never read whole; bytes
+    # are decoded here, so that an invalid one is named by its offset in the file.
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    pending, offset = "", 0
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            buffered = len(decoder.getstate()[0])  # bytes of the last chunk not decoded yet
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            text = row.get(field) if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise DataFormatError(f"{path}:{number}: no text field {field!r} (a string)")
-            yield text
-
-
-def _txt(path: Path, separator: str | None) -> Iterator[str]:
-    if separator is None:
-        yield path.read_text(encoding="utf-8")
-        return
-    # Stream the file, cutting on the separator, so a large file is never read whole.
-    pending = ""
-    with path.open("r", encoding="utf-8") as f:
-        while chunk := f.read(1 << 20):
-            pending += chunk
-            *done, pending = pending.split(separator)
-            yield from (d for d in done if d.strip())
-    if pending.strip():
+                pending += decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = offset - buffered + e.start
+                raise DataFormatError(f"{path}: not valid {encoding} at byte {at} "
+                                      f"({e.reason}); set [data] encoding, or "
+                                      'encoding_errors = "replace"') from None
+            offset += len(chunk)
+            if separator is not None:
+                *done, pending = pending.split(separator)
+                yield from (d for d in done if d.strip())
+            if not chunk:
+                break
+    if separator is None or pending.strip():
         yield pending
 
 
@@ -122,17 +162,18 @@ def _saved_dataset(path: Path, field: str) -> Iterator[str]:
 
 
 def iter_documents(files: list[Path], text_field: str = "text",
-                   txt_separator: str | None = None) -> Iterator[str]:
+                   txt_separator: str | None = None, encoding: str = "utf-8",
+                   errors: str = "strict") -> Iterator[str]:
     """Every document's text, file after file, streamed: a large corpus is never held whole."""
     for path in files:
         if _is_saved_dataset(path):
             yield from _saved_dataset(path, text_field)
         elif _kind(path) == ".txt":
-            yield from _txt(path, txt_separator)
+            yield from _txt(path, txt_separator, encoding, errors)
         elif _kind(path) == ".parquet":
             yield from _parquet(path, text_field)
         else:
-            yield from jsonl_texts(path, text_field)
+            yield from jsonl_texts(path, text_field, encoding, errors)
 
 
 def file_sha256(path: Path) -> str:

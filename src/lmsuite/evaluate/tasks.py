@@ -70,7 +70,19 @@ class Context:
 
 @functools.lru_cache(maxsize=32)
 def _read_items(path: Path, mtime_ns: int) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{number}: not valid JSON ({e.msg}); the dataset's "
+                                  "evaluation items are damaged, rebuild it") from None
+        if not isinstance(item, dict):
+            raise DataFormatError(f"{path}:{number}: expected a JSON object (an item)")
+        items.append(item)
+    return items
 
 
 # Each task returns (summary rows as (metric, value, n) or (metric, value, n, standard error),

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from lmsuite.data.tokenizer import load_tokenizer, save_tokenizer
 from lmsuite.durable import write_file
-from lmsuite.errors import DataFormatError
+from lmsuite.errors import DataFormatError, reason
 from lmsuite.model.neox import GPTNeoX, NeoXConfig
 
 # Buffers that older transformers releases saved beside the weights; they hold no parameters.
@@ -124,6 +124,8 @@ def neox_config_from_hf(hf: dict) -> NeoXConfig:
     if act not in activations:
         raise ValueError(f"hidden_act {act!r} is not supported; expected {list(activations)}")
     d_model, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    if heads <= 0:
+        raise ValueError(f"num_attention_heads: heads must be positive, got {heads}")
     if hf.get("head_dim") not in (None, d_model // heads):
         raise ValueError(f"head_dim {hf['head_dim']} differs from hidden_size / heads")
     pct, base = _rope(hf)
@@ -153,8 +155,11 @@ def read_model_config(folder: str | os.PathLike) -> NeoXConfig:
         raise DataFormatError(f"{folder}: no config.json; not a Hugging Face model folder")
     try:
         hf = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise DataFormatError(f"{path}: expected a JSON object (a model's config), got "
+                              f"{type(hf).__name__}")
     if hf.get("model_type") != "gpt_neox":
         raise DataFormatError(f"{folder}: model_type is {hf.get('model_type')!r}; lmsuite loads "
                               "only GPT-NeoX ('gpt_neox') models")
@@ -194,7 +199,7 @@ def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
             return torch.load(path, map_location="cpu", weights_only=True)
         return load_file(str(path))
     except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise DataFormatError(f"{path}: unreadable weights ({e})") from None
+        raise DataFormatError(f"{path}: unreadable weights ({reason(e)})") from None
 
 
 _SKELETONS: dict[str, GPTNeoX] = {}

@@ -138,6 +138,10 @@ class NeoXConfig:
 
     def __post_init__(self) -> None:
         check_shape(self.layers, self.d_model, self.heads, self.rotary_pct, self.init)
+        for name in ("vocab_size", "max_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.d_ff == 0:
             self.d_ff = 4 * self.d_model
         if self.activation not in ("gelu", "gelu_tanh"):

@@ -20,7 +20,7 @@ from lmsuite.durable import (
     replace_folder,
     temporary,
 )
-from lmsuite.errors import DataFormatError, LmsuiteError
+from lmsuite.errors import DataFormatError, LmsuiteError, reason
 from lmsuite.model.hf import read_weights, save_weights
 from lmsuite.model.neox import NeoXConfig
 from lmsuite.runs import checkpoint_dir, list_steps
@@ -79,12 +79,23 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     """(model state, optimizer state, trainer state) of a checkpoint; tensors only, loaded
     with weights_only=True, so no pickled code ever runs. Restores the RNG states too."""
     trainer = path / "trainer_state"
+    at = trainer / "state.json"
     try:
-        state = json.loads((trainer / "state.json").read_text())
-        optimizer = torch.load(trainer / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(trainer / "rng.pt", map_location="cpu", weights_only=True)
-    except (OSError, json.JSONDecodeError, RuntimeError, pickle.UnpicklingError) as e:
-        raise DataFormatError(f"{path}: unreadable checkpoint ({e})") from None
+        state = json.loads(at.read_text())
+        at = trainer / "optimizer.pt"
+        optimizer = torch.load(at, map_location="cpu", weights_only=True)
+        at = trainer / "rng.pt"
+        rng = torch.load(at, map_location="cpu", weights_only=True)
+    except (OSError, json.JSONDecodeError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise DataFormatError(f"{at}: unreadable trainer state ({reason(e)})") from None
+    for what, value, keys in (("trainer_state/state.json", state, ("step",)),
+                              ("trainer_state/rng.pt", rng, ("torch",)),
+                              ("trainer_state/optimizer.pt", optimizer, ("state",
+                                                                         "param_groups"))):
+        missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+        if missing:
+            raise DataFormatError(f"{path / what}: field {missing[0]!r} missing; the trainer "
+                                  "state is damaged")
     model = read_weights(path)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -4,6 +4,7 @@ bit for bit, and runs data parallel under torchrun."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from lmsuite import __version__, speedups
 from lmsuite.config import SuiteConfig
 from lmsuite.data.order import batch_at
 from lmsuite.data.tokenizer import load_tokenizer
+from lmsuite.data.verify import verify
 from lmsuite.durable import write_file
 from lmsuite.errors import LmsuiteError
 from lmsuite.model.hf import read_weights
@@ -84,12 +86,41 @@ def check_batch_split(batch_size: int, micro_batch_size: int, world_size: int) -
                            "processes); choose one that does")
 
 
+def check_memory(cfg: NeoXConfig, device: torch.device) -> None:
+    """Refuse, before allocating it, a model whose weights, gradients and AdamW state (16 bytes
+    per parameter) would not fit in this process's share of the machine's memory."""
+    needed = 16 * count_parameters(cfg)
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+        where = f"free memory of {device}"
+    else:
+        available = _available_memory() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        where = "available memory per process"
+    if available and needed > available:
+        raise LmsuiteError(f"the model has {count_parameters(cfg):,} parameters: weights, "
+                           f"gradients and AdamW state need {needed / 2**30:.1f} GiB, the "
+                           f"{where} is {available / 2**30:.1f} GiB (vocab_size "
+                           f"{cfg.vocab_size:,}, d_model {cfg.d_model}, layers {cfg.layers})")
+
+
+def _available_memory() -> int:
+    """MemAvailable of /proc/meminfo in bytes (0 where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def check_data(data_dir: Path, suite: SuiteConfig, cfg: NeoXConfig) -> dict:
     """The dataset's manifest, once it is known to fit this model and schedule."""
     manifest = read_manifest(data_dir)
     if manifest is None:
         raise LmsuiteError(f"{data_dir}: no built dataset (no manifest.json); `lmsuite train` "
                            "and `lmsuite data build` build it")
+    verify(data_dir, manifest)  # before anything is written
     seq_len = manifest["params"]["data"]["seq_len"]
     if seq_len != suite.data.seq_len:
         raise LmsuiteError(f"{data_dir}: samples hold seq_len {seq_len} (+1) tokens, "
@@ -171,8 +202,16 @@ class Trainer:
         if self.branch is not None and step >= self.branch.fork_step:
             rows, self.branch_counts = self.branch.transform(rows, step * t.batch_size)
         rows = rows[self.world.rows(t.batch_size)]
+        self.check_ids(rows, step)
         tokens = torch.from_numpy(rows.astype(np.int64)).to(self.world.device)
         return list(tokens.split(t.micro_batch_size))
+
+    def check_ids(self, rows: np.ndarray, step: int) -> None:
+        """Every token id of a batch inside the model's vocabulary, before the embedding."""
+        if rows.size and int(rows.max()) >= self.cfg.vocab_size:
+            raise LmsuiteError(f"{self.data_dir}: step {step} holds token id {int(rows.max())}, "
+                               f"past the model's vocabulary of {self.cfg.vocab_size}; the data "
+                               "is damaged or built with another tokenizer")
 
     def train_step(self, step: int) -> tuple[float, float]:
         """One optimizer update on batch_at(step); returns (mean loss, gradient norm)."""
@@ -191,10 +230,18 @@ class Trainer:
             total += loss.detach()
         max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        loss = float(dist.mean_over_ranks(total / len(micro), self.world))
+        grad_norm = dist.grad_norm_value(norm)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            saved = list_checkpoints(self.model_dir)
+            raise LmsuiteError(f"{self.model_dir.name}: step {step} gave loss {loss} and "
+                               f"gradient norm {grad_norm}; training stopped before that update"
+                               ", so no checkpoint holds it; the last good checkpoint is "
+                               + (f"step{saved[-1]}" if saved else "none") +
+                               " (lower lr, raise warmup or set grad_clip)")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = dist.mean_over_ranks(total / len(micro), self.world)
-        return float(loss), dist.grad_norm_value(norm)
+        return loss, grad_norm
 
     def save(self, step: int, elapsed: float) -> None:
         model_state, optimizer_state = dist.full_state(self.model, self.optimizer)
@@ -225,6 +272,7 @@ class Trainer:
         self.tokens_per_step = self.suite.train.batch_size * self.suite.data.seq_len
         if self.world.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
+        check_memory(self.cfg, self.world.device)
         model = GPTNeoX(self.cfg)
         model.init_weights(self.suite.seed)
         model = model.to(self.world.device)
@@ -310,6 +358,8 @@ class Trainer:
         if self.world.main:
             _truncate_metrics(metrics, start)
         if start == first:
+            # the first batch's token ids are checked before anything is written
+            self.check_ids(batch_at(self.data_dir, start, t.batch_size), start)
             self.save(first, 0.0)
         began = time.perf_counter()
         work = training_work(count_parameters(self.cfg), self.tokens_per_step)
