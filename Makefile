@@ -32,9 +32,11 @@ demo: install
 	$(BIN)/lmsuite run
 
 # After the main job: README's figure and RESULTS.md (findings and stage times), redrawn from
-# runs/tiny's files.
+# runs/tiny's files; with PYTHIA_EVALS=<a copy of Pythia's evals/ folder>, the report also
+# draws Pythia's published results beside the run's.
+PYTHIA_EVALS ?=
 results:
-	$(BIN)/lmsuite report runs/tiny --markdown RESULTS.md
+	$(BIN)/lmsuite report runs/tiny --markdown RESULTS.md $(if $(PYTHIA_EVALS),--compare $(PYTHIA_EVALS))
 	mkdir -p docs && cp runs/tiny/report/lambada.png docs/lambada.png
 
 test: install-dev

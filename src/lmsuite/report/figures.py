@@ -274,12 +274,28 @@ def predictability(f: Frames) -> Figure:
 
 def frequency_delta_by_step(f: Frames) -> Figure:
     """Pythia's Δ (accuracy on the 10% most frequent terms minus the 10% least) against step,
-    per size: arithmetic by first operand (0-shot) and facts by entity."""
-    fig, axes = _figure("The effect of term frequency against training step", "step (log)",
-                        "Δ accuracy (top 10% − bottom 10%)", log_steps=True, panels=2)
+    per size: arithmetic by first operand at each shot count, and facts by entity."""
+    rows = _rows_of_task(f, "frequency")
+    shots = sorted({int(m.removeprefix("delta_arithmetic_").removesuffix("shot"))
+                    for m in (rows["metric"] if not rows.empty else [])
+                    if m.startswith("delta_arithmetic_")}) or [0]
+    panels = [(f"delta_arithmetic_{k}shot", f"arithmetic, {k}-shot") for k in shots]
+    panels.append(("delta_facts", "facts"))
+    columns = 3 if len(panels) > 3 else len(panels)
+    lines = -(-len(panels) // columns)
+    fig = Figure(figsize=(WIDTH * 1.5, HEIGHT * 0.8 * lines), layout="constrained")
+    axes = fig.subplots(lines, columns, squeeze=False, sharex=True, sharey=True).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:len(panels)]:  # the study's steps lie late in training: a linear axis
+        ax.grid(alpha=0.3)
+    for ax in axes[-columns:]:
+        ax.set_xlabel("step")
+    for ax in axes[::columns]:
+        ax.set_ylabel("Δ accuracy (top − bottom 10%)")
+    fig.suptitle("The effect of term frequency against training step")
     found = False
-    for ax, metric, title in ((axes[0], "delta_arithmetic_0shot", "arithmetic, 0-shot"),
-                              (axes[1], "delta_facts", "facts")):
+    for ax, (metric, title) in zip(axes, panels, strict=False):
         rows = _trained(_rows(f, "frequency", metric), f)
         ax.set_title(title, fontsize=9)
         ax.axhline(0, color="gray", lw=0.8)
@@ -291,8 +307,12 @@ def frequency_delta_by_step(f: Frames) -> Figure:
                     color=colours(f).get(model))
     if not found:
         return _empty(fig, axes[0], "lmsuite frequency")
-    _legend(axes[1], f)
+    _legend(axes[len(panels) - 1], f)
     return fig
+
+
+def _rows_of_task(f: Frames, task: str):
+    return f.rows if f.rows.empty else f.rows[f.rows["task"] == task]
 
 
 def accuracy_by_frequency(f: Frames, model: str | None = None) -> Figure:
