@@ -20,11 +20,12 @@ from tests.conftest import pythia_artifact
 SEQ, BATCH, K = 2048, 4, 32
 
 
-def pythia_70m(folder, tokenizer=None):
-    """pythia-70m's shape (6 layers, d 512, 8 heads, rotary 0.25, vocab 50,304), random."""
+def pythia_70m(folder, tokenizer=None, layers=6, width=512):
+    """pythia-70m's shape (6 layers, d 512, 8 heads, rotary 0.25, vocab 50,304), random; or
+    narrower and shallower where only Pythia's vocabulary and layout matter."""
     torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=50304, hidden_size=512, num_hidden_layers=6,
-                           num_attention_heads=8, intermediate_size=2048, rotary_pct=0.25,
+    config = GPTNeoXConfig(vocab_size=50304, hidden_size=width, num_hidden_layers=layers,
+                           num_attention_heads=8, intermediate_size=4 * width, rotary_pct=0.25,
                            max_position_embeddings=2048, use_parallel_residual=True,
                            bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
     model = GPTNeoXForCausalLM(config).eval()
@@ -82,7 +83,8 @@ def test_term_frequency_counts_terms_in_pythias_data_with_the_models_tokenizer(
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(pythia_artifact("20B_tokenizer.json")))
-    pythia_70m(tmp_path / "pythia-70m", tokenizer)
+    # the counting is what is tested here: Pythia's vocabulary and layout, a smaller trunk
+    pythia_70m(tmp_path / "pythia-70m", tokenizer, layers=1, width=64)
     rng = np.random.default_rng(1)
     texts, items = [], []
     for _ in range(2 * BATCH):
