@@ -89,6 +89,12 @@ def _describe(folder: Path, steps: list[int]) -> tuple[str | None, str, str | No
     return None, model, dataset
 
 
+def _is_branch(folder: Path) -> bool:
+    steps = list_steps(folder)
+    record = read_provenance(checkpoint_dir(folder, steps[-1])) if steps else None
+    return bool(record and record.get("branch"))
+
+
 def study_models(target: str | os.PathLike, steps: str = "log", data: str | None = None,
                  batch_size: int | None = None, seq_len: int | None = None) -> list[StudyModel]:
     """The models a study of `target` runs on, each with the checkpoints `steps` selects."""
@@ -100,7 +106,10 @@ def study_models(target: str | os.PathLike, steps: str = "log", data: str | None
     if list_steps(target) or has_weights(target):
         folders, run = [target], Run(target.parent)
     else:
-        folders = run.model_folders()
+        # The suite's own models: an intervention's branches are studied when named (their
+        # folder as the target), so that a study of the run reads the same models whenever the
+        # interventions ran.
+        folders = [f for f in run.model_folders() if not _is_branch(f)]
         if not folders:
             raise LmsuiteError(f"{target}: no model folders with step<N>/ checkpoints and no HF "
                                "model folder")
