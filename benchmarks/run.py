@@ -44,6 +44,13 @@ BENCHMARKS = {
     "dedup": (["benchmarks/bench_dedup.py"],
               "Near-deduplication throughput and how well it finds the planted copies."),
     "tokenize": (["benchmarks/bench_tokenize.py"], "Tokenizer training and encoding speed."),
+    "precision": (["benchmarks/bench_precision.py"],
+                  "fp32 against bf16 autocast on this CPU: tokens/s and the loss after the same "
+                  "30 steps."),
+    "gpu": (["benchmarks/bench_gpu.py"],
+            "The GPU path: tokens/s and MFU of the pythia-70m/160m/410m shapes, eager and "
+            "compiled, and bf16-on-GPU against fp32-on-CPU loss (target: >= 45% MFU for 160m "
+            "on one H100/H200-class GPU). Measures nothing without CUDA."),
     "suite": (["benchmarks/bench_suite.py"],
               "Building the data and training all 16 models of configs/tiny.toml."),
 }

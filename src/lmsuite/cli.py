@@ -29,6 +29,8 @@ def cmd_model_info(args: argparse.Namespace) -> None:
             "total_params": count_parameters(cfg),
             "non_embedding_params": count_parameters(cfg, embeddings=False),
         })
+    if args.memory or args.gpu_memory:
+        return _memory_info(suite, args)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -36,6 +38,48 @@ def cmd_model_info(args: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['name']:<14}{r['layers']:>7}{r['d_model']:>9}{r['heads']:>7}"
               f"{r['total_params']:>17,}{r['non_embedding_params']:>17,}")
+
+
+def _memory_info(suite, args: argparse.Namespace) -> None:
+    """Memory per GPU of each size under DDP, FSDP and TP x DP, and the smallest layout that
+    fits --gpu-memory."""
+    from lmsuite.model.memory import GiB, Layout, estimate, parse_bytes, smallest_fitting
+    from lmsuite.model.neox import config_for_size
+
+    t = suite.train
+    micro = args.micro_batch or t.micro_batch_size or t.batch_size
+    seq = suite.data.seq_len
+    recompute = args.activation_checkpointing or t.activation_checkpointing
+    limit = parse_bytes(args.gpu_memory) if args.gpu_memory else None
+    out = []
+    print(f"memory per GPU (GiB) at micro-batch {micro} x {seq} tokens, bf16 activations"
+          + (" recomputed per layer" if recompute else "") +
+          ": fp32 weights, fp32 gradients, AdamW state, activations")
+    for size in suite.models:
+        cfg = config_for_size(size, suite.data.vocab_size, seq)
+        shown = [Layout("DDP", 1), Layout("FSDP x8", 8, fsdp=8)] + [
+            Layout(f"TP {k} x DP", k, tp=k) for k in (2, 4, 8)
+            if cfg.heads % k == 0 and cfg.d_ff % k == 0]
+        found = [estimate(cfg, layout, micro, seq, recompute) for layout in shown]
+        best = smallest_fitting(cfg, limit, micro, seq, recompute) if limit else None
+        out.append({"name": size.name, "layouts": [
+            {"layout": e.layout.name, "weights": e.weights, "gradients": e.gradients,
+             "optimizer": e.optimizer, "activations": e.activations, "total": e.total}
+            for e in found], "fits": None if best is None else
+            {"layout": best.layout.name, "gpus": best.layout.gpus, "total": best.total}})
+        if not args.json:
+            print(f"{size.name}")
+            for e in found:
+                print(f"  {e.layout.name:<10}{e.weights / GiB:>9.2f}{e.gradients / GiB:>9.2f}"
+                      f"{e.optimizer / GiB:>9.2f}{e.activations / GiB:>9.2f}  total "
+                      f"{e.total / GiB:8.2f}")
+            if limit:
+                print(f"  smallest layout within {args.gpu_memory} per GPU: " +
+                      (f"{best.layout.name} ({best.layout.gpus} GPU"
+                       f"{'s' if best.layout.gpus > 1 else ''}, {best.total / GiB:.1f} GiB "
+                       "each)" if best else "none up to 1024 GPUs"))
+    if args.json:
+        print(json.dumps(out, indent=2))
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -113,6 +157,14 @@ def _run_with_data(args: argparse.Namespace):
     from lmsuite.data.build import build_data
 
     suite = load_suite(args.config)
+    layout = {k: v for k, v in (("tensor_parallel", getattr(args, "tensor_parallel", None)),
+                                ("activation_checkpointing",
+                                 getattr(args, "activation_checkpointing", False) or None))
+              if v is not None}
+    if layout:  # how the run is laid out, not what it computes: not part of its settings
+        import dataclasses
+
+        suite = dataclasses.replace(suite, train=dataclasses.replace(suite.train, **layout))
     run = Run(Path(args.out) if args.out else default_run_dir(suite.name))
     if getattr(args, "resume", True):  # before the data is built, which at scale takes hours
         _check_trained_as_configured(args, suite, run)
@@ -315,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     help="layers, width, heads and parameter counts")
     info.add_argument("config", help="suite TOML file")
     info.add_argument("--json", action="store_true", help="print a JSON list")
+    info.add_argument("--memory", action="store_true", help="memory per GPU of training each "
+                      "size under DDP, FSDP and TP x DP")
+    info.add_argument("--gpu-memory", help="with --memory: the smallest layout that fits this "
+                      "much per GPU (80GiB, 141GB)")
+    info.add_argument("--micro-batch", type=int, help="sequences per forward pass (default: "
+                      "[train] micro_batch_size)")
+    info.add_argument("--activation-checkpointing", action="store_true",
+                      help="estimate with activations recomputed per layer")
     info.set_defaults(func=cmd_model_info)
 
     data = commands.add_parser("data", help="build training data")
@@ -364,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest complete checkpoint")
     train.add_argument("--fsdp", action="store_true",
                        help="shard the model with FSDP2 (under torchrun)")
+    train.add_argument("--tensor-parallel", type=int, metavar="N",
+                       help="split each model's layers over N processes (under torchrun; "
+                       "default: [train] tensor_parallel)")
+    train.add_argument("--activation-checkpointing", action="store_true",
+                       help="recompute each layer's activations in the backward pass")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 

@@ -253,7 +253,15 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 turns clipping off."""
     precision: str = "fp32"
-    """"fp32", or "bf16" for bf16 autocast on GPUs (weights and optimizer stay fp32)."""
+    """"fp32"; "bf16" for bf16 autocast (weights and optimizer state stay fp32) on GPUs and on
+    CPUs with native bf16 (AVX512_BF16 or AMX; elsewhere it trains in fp32, saying so); or
+    "auto": bf16 where it is native and measured faster, else fp32."""
+    tensor_parallel: int = 1
+    """Processes each model's layers are split over (under torchrun; world size = data
+    parallel x this). The heads and d_ff must divide by it."""
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: less
+    memory for about a third more compute; results are the same."""
     keep_trainer_state: bool = True
     """Keep the optimizer state in every checkpoint, so training can branch off any of them
     (the intervention study does); false keeps it only in the newest (saves disk at scale)."""
@@ -272,8 +280,10 @@ class TrainConfig:
         _require(0.0 <= self.adam_beta2 < 1.0, "adam_beta2", f"in [0, 1), got {self.adam_beta2}")
         _require(self.weight_decay >= 0, "weight_decay", f"non-negative, got {self.weight_decay}")
         _require(self.grad_clip >= 0, "grad_clip", f"non-negative, got {self.grad_clip}")
-        _require(self.precision in ("fp32", "bf16"), "precision",
-                 f'"fp32" or "bf16", got {self.precision!r}')
+        _require(self.tensor_parallel >= 1, "tensor_parallel",
+                 f"at least 1, got {self.tensor_parallel}")
+        _require(self.precision in ("fp32", "bf16", "auto"), "precision",
+                 f'"fp32", "bf16" or "auto", got {self.precision!r}')
 
 
 @dataclass

@@ -277,9 +277,12 @@ def build_settings(suite: SuiteConfig) -> dict:
                                   "batch_size": suite.train.batch_size}))
 
 
-NOT_TRAJECTORY = ("micro_batch_size", "checkpoint_every", "log_checkpoints", "keep_trainer_state")
+NOT_TRAJECTORY = ("micro_batch_size", "checkpoint_every", "log_checkpoints", "keep_trainer_state",
+                  "tensor_parallel", "activation_checkpointing")
 """Training settings that do not change what the next steps do to a model: the micro-batch
-size changes results only by float rounding; the checkpoint settings only what is kept."""
+size and the tensor-parallel layout change results only by float rounding (a resume under
+another layout says so); recomputing activations not at all; the checkpoint settings only what
+is kept."""
 
 
 def trajectory(suite: SuiteConfig, size: ModelConfig) -> dict:

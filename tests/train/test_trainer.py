@@ -311,15 +311,19 @@ def test_without_keep_trainer_state_only_the_newest_checkpoint_can_resume(built_
     train(suite, "s1", "standard", run_dir, resume=True, progress=False)  # finished: no-op
 
 
-def test_bf16_on_a_cpu_says_it_trains_in_fp32(built_data, tmp_path, capsys):
+def test_bf16_on_a_cpu_without_it_says_it_trains_in_fp32(built_data, tmp_path, capsys,
+                                                        monkeypatch):
     import dataclasses
 
+    from lmsuite.train import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
     suite = training_suite(built_data, steps=1)
     bf16 = dataclasses.replace(suite, train=dataclasses.replace(suite.train, precision="bf16"))
     folder = train(bf16, "s1", "standard", run_dir_with_data(built_data, tmp_path),
                    progress=False)
-    assert 'precision = "bf16" is autocast on GPUs; on this CPU it trains in fp32' in \
-        capsys.readouterr().err
+    assert 'precision = "bf16" asked, but this CPU has no native bf16 (no AVX512_BF16 or AMX): ' \
+        "it trains in fp32" in capsys.readouterr().err
     assert load_model(folder / "step1").embed_out.weight.dtype == torch.float32
 
 

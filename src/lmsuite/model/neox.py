@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmsuite.config import ModelConfig, check_shape
 
@@ -54,9 +55,10 @@ class NeoXAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None, kv: list | None = None) -> torch.Tensor:
-        b, t, d = x.shape
-        # (batch, heads, seq, 3 * head_dim)
-        qkv = self.query_key_value(x).view(b, t, self.heads, 3 * self.head_dim).transpose(1, 2)
+        b, t, _ = x.shape
+        # (batch, heads, seq, 3 * head_dim); under tensor parallelism this process holds
+        # heads / N of them (the fused layout keeps each head's q, k, v together), hence -1
+        qkv = self.query_key_value(x).view(b, t, -1, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=-1)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv is not None:  # incremental decoding: attend to the cached keys too
@@ -68,7 +70,7 @@ class NeoXAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         # y: (batch, heads, seq, head_dim)
-        return self.dense(y.transpose(1, 2).reshape(b, t, d))
+        return self.dense(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class NeoXMLP(nn.Module):
@@ -194,6 +196,9 @@ class GPTNeoX(nn.Module):
         self.embed_out = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.embed_out.weight = self.gpt_neox.embed_in.weight
+        self.checkpoint_layers = False
+        """Recompute each layer's activations in the backward pass instead of keeping them
+        (training only): less memory for about a third more compute."""
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                       padding: torch.Tensor | None = None) -> torch.Tensor:
@@ -211,8 +216,13 @@ class GPTNeoX(nn.Module):
                 padding = torch.zeros(input_ids.shape[0], start + t, dtype=torch.bool,
                                       device=x.device)
             mask = attention_mask(padding, t, start)
+        recompute = self.checkpoint_layers and self.training and torch.is_grad_enabled() and \
+            cache is None
         for i, layer in enumerate(self.gpt_neox.layers):
-            x = layer(x, cos, sin, mask, None if cache is None else cache.layers[i])
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, None if cache is None else cache.layers[i])
         return self.gpt_neox.final_layer_norm(x)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,

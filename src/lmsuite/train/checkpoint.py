@@ -28,7 +28,8 @@ from lmsuite.runs import checkpoint_dir, list_steps
 # What stays beside the weights even when the trainer state is dropped: where they come from
 # and how they were computed.
 PROVENANCE = ("suite", "model", "dataset", "step", "tokens", "train_bin_sha256",
-              "train_samples", "lmsuite_version", "trajectory", "compute", "branch")
+              "train_samples", "lmsuite_version", "trajectory", "compute", "branch", "layout",
+              "precision")
 
 
 def list_checkpoints(model_dir: Path, with_trainer_state: bool = False) -> list[int]:

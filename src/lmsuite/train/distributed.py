@@ -1,4 +1,5 @@
-"""torch.distributed for torchrun: process group, DDP or FSDP2 wrapping, full state dicts."""
+"""torch.distributed for torchrun: process group, DDP or FSDP2 wrapping, tensor parallelism on a
+2-D device mesh (data x tensor), full state dicts."""
 
 from __future__ import annotations
 
@@ -27,19 +28,35 @@ class World:
     rank: int
     size: int
     device: torch.device
+    tp: int = 1
+    """Processes each model is split over (tensor parallelism); the mesh is (size / tp, tp),
+    ranks r and r + 1 ... of one tensor-parallel group next to each other."""
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dp_size(self) -> int:
+        return self.size // self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
+
     def rows(self, batch_size: int) -> slice:
-        """The rows of each global batch this rank trains on: [r*B/W, (r+1)*B/W)."""
-        share = batch_size // self.size
-        return slice(self.rank * share, (self.rank + 1) * share)
+        """The rows of each global batch this rank trains on: [r*B/D, (r+1)*B/D) for its
+        data-parallel rank r of D (the processes of one tensor-parallel group share rows)."""
+        share = batch_size // self.dp_size
+        return slice(self.dp_rank * share, (self.dp_rank + 1) * share)
+
+    def layout(self) -> dict:
+        return {"data_parallel": self.dp_size, "tensor_parallel": self.tp}
 
 
-def init_world() -> World:
-    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU), or run alone."""
+def init_world(tp: int = 1) -> World:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU), or run alone; `tp`
+    processes of it hold one model between them."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -48,7 +65,12 @@ def init_world() -> World:
         torch.cuda.set_device(device)
     if size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    return World(rank=dist.get_rank() if size > 1 else 0, size=size, device=device)
+    if size % tp:
+        from lmsuite.errors import LmsuiteError
+
+        raise LmsuiteError(f"tensor_parallel = {tp} does not divide the {size} processes; "
+                           "start a multiple of it (torchrun --nproc_per_node)")
+    return World(rank=dist.get_rank() if size > 1 else 0, size=size, device=device, tp=tp)
 
 
 def close_world(world: World) -> None:
@@ -71,7 +93,23 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
 
 def wrap(model: nn.Module, world: World, fsdp: bool) -> nn.Module:
     """DDP for models that fit one device, FSDP2 (`fully_shard`, per layer) for those that
-    don't; the model itself when running alone."""
+    don't; the model itself when running alone. With tensor parallelism, the layers are split
+    over each tensor-parallel group first, and FSDP2 shards across the data-parallel one."""
+    if world.tp > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from lmsuite.train.tensor_parallel import parallelize
+
+        mesh = init_device_mesh(world.device.type, (world.dp_size, world.tp),
+                                mesh_dim_names=("dp", "tp"))
+        parallelize(model, mesh["tp"])
+        if world.dp_size == 1:
+            return model
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.gpt_neox.layers:
+            fully_shard(layer, mesh=mesh["dp"])
+        return fully_shard(model, mesh=mesh["dp"])
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 

@@ -48,7 +48,9 @@ from lmsuite.train.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from lmsuite.train.precision import resolve as resolve_precision
 from lmsuite.train.schedule import checkpoint_steps, lr_at
+from lmsuite.train.tensor_parallel import check_divisible, clip_gradients
 
 
 @contextmanager
@@ -181,17 +183,19 @@ class Trainer:
         self.run_folder = Run(run_dir)
         self.branch, self.branch_counts = branch, {}
         self.model_dir = self.run_folder.model(branch.name if branch else model, dataset)
-        self.world = dist.init_world()
+        self.cfg = config_for_size(self.size, suite.data.vocab_size, suite.data.seq_len)
+        tp = suite.train.tensor_parallel
+        check_divisible(self.cfg.heads, self.cfg.d_ff, tp, self.size.name)
+        self.world = dist.init_world(tp)
         if fsdp and self.world.size == 1:
             raise LmsuiteError("--fsdp shards the model over processes: run it under torchrun "
                                "with more than one (torchrun --nproc_per_node N -m lmsuite "
                                "train ...)")
-        check_batch_split(suite.train.batch_size, suite.train.micro_batch_size, self.world.size)
-        if suite.train.precision == "bf16" and self.world.device.type != "cuda" and \
-                self.world.main:
-            print('lmsuite train: precision = "bf16" is autocast on GPUs; on this CPU it trains '
-                  "in fp32", file=sys.stderr)
-        self.cfg = config_for_size(self.size, suite.data.vocab_size, suite.data.seq_len)
+        check_batch_split(suite.train.batch_size, suite.train.micro_batch_size,
+                          self.world.dp_size)
+        self.precision, why = resolve_precision(suite.train.precision, self.world.device)
+        if why and self.world.main:
+            print(f"lmsuite train: {why}", file=sys.stderr)
 
     # --- pieces of a step -------------------------------------------------------------------
 
@@ -221,15 +225,18 @@ class Trainer:
             group["lr"] = lr
         micro = self.micro_batches(step)
         total = torch.zeros((), device=self.world.device)
-        bf16 = t.precision == "bf16" and self.world.device.type == "cuda"
+        bf16 = self.precision == "bf16"
         for i, tokens in enumerate(micro):
             with (dist.no_gradient_sync(self.model, sync=i == len(micro) - 1),
-                  torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)):
+                  torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=bf16)):
                 _, loss = self.model(tokens[:, :-1], labels=tokens[:, 1:])
                 (loss / len(micro)).backward()
             total += loss.detach()
         max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.world.tp > 1:  # sharded and whole gradients side by side
+            norm = clip_gradients(self.model, max_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         loss = float(dist.mean_over_ranks(total / len(micro), self.world))
         grad_norm = dist.grad_norm_value(norm)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -249,7 +256,8 @@ class Trainer:
             state = {"step": step, "tokens": step * self.tokens_per_step, "elapsed_s": elapsed,
                      "suite": self.suite.name, "dataset": self.dataset,
                      "model": self.branch.name if self.branch else self.size.name,
-                     "world_size": self.world.size, "lmsuite_version": __version__,
+                     "world_size": self.world.size, "layout": self.world.layout(),
+                     "precision": self.precision, "lmsuite_version": __version__,
                      "train_bin_sha256": self.manifest["sha256"]["train.bin"],
                      "train_samples": self.manifest["counts"]["train_samples"],
                      "trajectory": trajectory(self.suite, self.size), "compute": self.compute}
@@ -276,9 +284,13 @@ class Trainer:
         model = GPTNeoX(self.cfg)
         model.init_weights(self.suite.seed)
         model = model.to(self.world.device)
-        self.compute = speedups.compute_path(speedups.attach(model))
+        model.checkpoint_layers = self.suite.train.activation_checkpointing
+        # The CPU kernels compute whole layers; under tensor parallelism they step aside.
+        kernels = speedups.attach(model) if self.world.tp == 1 else []
+        self.compute = speedups.compute_path(kernels)
         self.model = dist.wrap(model, self.world, self.fsdp)
-        self.optimizer = make_optimizer(self.model, self.size, self.suite, fused=not self.fsdp)
+        self.optimizer = make_optimizer(self.model, self.size, self.suite,
+                                        fused=not self.fsdp and self.world.tp == 1)
         saved = list_checkpoints(self.model_dir, with_trainer_state=True)
         if saved and not resume:
             raise LmsuiteError(f"{self.model_dir}: already holds checkpoints (up to step "
@@ -293,6 +305,7 @@ class Trainer:
             raise LmsuiteError(f"{newest}: a branch {state.get('branch')}, not "
                                f"{self.branch.record}; remove the folder to start it afresh")
         self._say_if_computed_otherwise(newest, state.get("compute"))
+        self._say_if_laid_out_otherwise(newest, state)
         dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
         self.elapsed_before = state["elapsed_s"]
         return saved[-1]
@@ -313,6 +326,24 @@ class Trainer:
         else:
             dist.load_full_state(self.model, self.optimizer, model_state, optimizer_state)
         return branch.start_step
+
+    def _say_if_laid_out_otherwise(self, checkpoint: Path, state: dict) -> None:
+        """One line when the resumed run is laid out (data x tensor parallel) or computes in a
+        precision other than the checkpoint's: it continues correctly, within float rounding."""
+        saved = state.get("layout") or {"data_parallel": state.get("world_size", 1),
+                                         "tensor_parallel": 1}
+        now = self.world.layout()
+        changes = []
+        if saved != now:
+            changes.append(f"data parallel {saved['data_parallel']} x tensor parallel "
+                           f"{saved['tensor_parallel']} -> {now['data_parallel']} x "
+                           f"{now['tensor_parallel']}")
+        if state.get("precision", "fp32") != self.precision:
+            changes.append(f"precision {state.get('precision', 'fp32')} -> {self.precision}")
+        if changes and self.world.main:
+            print(f"lmsuite train: resuming {checkpoint} with " + "; ".join(changes) +
+                  ": training continues correctly, equal to the original layout within float "
+                  "rounding, not byte for byte", file=sys.stderr)
 
     def _say_if_computed_otherwise(self, checkpoint: Path, saved: dict | None) -> None:
         """One line when the resumed run computes on another path than the checkpoint's
