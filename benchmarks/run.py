@@ -46,7 +46,7 @@ BENCHMARKS = {
     "tokenize": (["benchmarks/bench_tokenize.py"], "Tokenizer training and encoding speed."),
     "precision": (["benchmarks/bench_precision.py"],
                   "fp32 against bf16 autocast on this CPU: tokens/s and the loss after the same "
-                  "30 steps."),
+                  "12 steps."),
     "gpu": (["benchmarks/bench_gpu.py"],
             "The GPU path: tokens/s and MFU of the pythia-70m/160m/410m shapes, eager and "
             "compiled, and bf16-on-GPU against fp32-on-CPU loss (target: >= 45% MFU for 160m "

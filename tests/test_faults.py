@@ -221,6 +221,18 @@ def test_a_truncated_gzip_source_is_named(tmp_path, capsys):
              "short after line")
 
 
+def test_a_truncated_zstd_source_is_named(tmp_path, capsys):
+    import zstandard
+
+    source = tmp_path / "docs.jsonl.zst"
+    data = zstandard.ZstdCompressor().compress(b"".join(
+        json.dumps({"text": f"doc {i} " * 30}).encode() + b"\n" for i in range(300)))
+    source.write_bytes(data[: len(data) * 2 // 3])  # cut inside the frame
+    refused(["data", "build", _corpus_config(tmp_path, source), "--out", tmp_path / "run",
+             "--no-progress"], capsys, "docs.jsonl.zst: the compressed file is damaged or cut "
+             "short")
+
+
 def test_an_empty_txt_separator_is_refused(tmp_path, capsys):
     config = tmp_path / "suite.toml"
     save_suite(small_suite(), config)
@@ -302,6 +314,13 @@ def test_a_broken_line_of_the_evaluation_items_is_named(small_run, tmp_path, cap
     items.write_text(items.read_text().split("\n", 1)[0] + "\n{broken\n")
     refused(["eval", run / "s1", "--steps", "20", "--tasks", "facts", "--no-progress"], capsys,
             r"qa.jsonl:2")
+
+
+def test_a_result_row_of_the_wrong_shape_is_named(small_run, tmp_path, capsys):
+    run = _checkpoint_copy(small_run, tmp_path)
+    (run / "results").mkdir(exist_ok=True)
+    (run / "results" / "eval.jsonl").write_text('{"model": "s1", "step": 0}\n[1, 2]\n')
+    refused(["report", run], capsys, r"eval.jsonl:1: a row needs .* field 'task' missing")
 
 
 # --- the operating system ---------------------------------------------------------------------

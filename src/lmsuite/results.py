@@ -39,8 +39,13 @@ class Source:
         return (self.suite, self.model, self.dataset, self.step, task)
 
 
-def read_rows(path: str | os.PathLike) -> Iterator[dict]:
-    """Every row of a results file (none if it does not exist); a torn last line is skipped."""
+ROW_FIELDS = ("model", "step", "task", "metric", "value")
+"""What every result row holds (besides suite, dataset, n and, where known, stderr)."""
+
+
+def read_rows(path: str | os.PathLike, fields: tuple[str, ...] = ROW_FIELDS) -> Iterator[dict]:
+    """Every row of a results file (none if it does not exist); a torn last line is skipped,
+    a row without one of `fields` is an error naming the file, line and field."""
     path = Path(path)
     if not path.exists():
         return
@@ -54,6 +59,10 @@ def read_rows(path: str | os.PathLike) -> Iterator[dict]:
             if number == len(lines):  # a run killed while writing its last row
                 continue
             raise DataFormatError(f"{path}:{number}: not a JSON result row") from None
+        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DataFormatError(f"{path}:{number}: a row needs {', '.join(fields)}; field "
+                                  f"{missing[0]!r} missing")
         yield row
 
 
@@ -247,7 +256,7 @@ def frames(run_dir: str | os.PathLike, compare: str | os.PathLike | None = None)
         if model is None:
             model, dataset = split_model_folder(folder.name)
         if (folder / "metrics.jsonl").is_file():
-            for row in read_rows(folder / "metrics.jsonl"):
+            for row in read_rows(folder / "metrics.jsonl", fields=("step", "loss")):
                 metrics.append({"folder": folder.name, "model": model, "dataset": dataset, **row})
         suite.append(_describe(folder, steps, record, model, dataset))
         for step in steps:
