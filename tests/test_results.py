@@ -24,7 +24,7 @@ def test_appends_to_a_results_file_take_turns_on_a_lock(tmp_path):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
         time.sleep(3)
         assert proc.poll() is None and path.stat().st_size == 0  # it waits its turn
-        held.write(b'{"task": "other"}\n')
+        held.write(b'{"model": "m", "step": 0, "task": "other", "metric": "acc", "value": 1}\n')
         held.flush()
     assert proc.wait(timeout=60) == 0
     assert [r["task"] for r in read_rows(path)] == ["other", "t"]

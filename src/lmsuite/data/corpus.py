@@ -55,13 +55,30 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     kind = _kind(path)
     if kind == ".jsonl.gz":
         return gzip.open(path, "rb")
-    if kind == ".jsonl.zst":
-        import zstandard
-
-        raw = path.open("rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw,
-                                                                             closefd=True))
     return path.open("rb")
+
+
+def _zstd_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a .zst file, frame after frame; a file that ends inside a frame raises
+    EOFError (a stream reader would end there quietly, as if the file were whole)."""
+    import zstandard
+
+    pending, whole = b"", True
+    with path.open("rb") as f:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        while chunk := f.read(1 << 20):
+            while chunk:
+                pending += frame.decompress(chunk)
+                chunk, whole = b"", frame.eof
+                if frame.eof:  # the next frame starts in what is left
+                    chunk = frame.unused_data
+                    frame = zstandard.ZstdDecompressor().decompressobj()
+            *lines, pending = pending.split(b"\n")
+            yield from (line + b"\n" for line in lines)
+    if not whole:
+        raise EOFError("the file ends inside a zstd frame")
+    if pending:
+        yield pending
 
 
 def _lines(path: Path, encoding: str, errors: str) -> Iterator[tuple[int, str]]:
@@ -71,7 +88,8 @@ def _lines(path: Path, encoding: str, errors: str) -> Iterator[tuple[int, str]]:
     number = 0
     try:
         with _open_binary(path) as f:
-            for number, raw in enumerate(f, 1):
+            raws = _zstd_lines(path) if _kind(path) == ".jsonl.zst" else f
+            for number, raw in enumerate(raws, 1):
                 try:
                     yield number, raw.decode(encoding, errors)
                 except UnicodeDecodeError as e:
