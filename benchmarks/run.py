@@ -44,6 +44,13 @@ BENCHMARKS = {
     "dedup": (["benchmarks/bench_dedup.py"],
               "Near-deduplication throughput and how well it finds the planted copies."),
     "tokenize": (["benchmarks/bench_tokenize.py"], "Tokenizer training and encoding speed."),
+    "memorization": (["benchmarks/bench_memorization.py"],
+                     "The memorization scan (one teacher-forced pass) against transformers' "
+                     "generate: identical flags, speed at batch 16 and 256 (targets 5x and "
+                     "1.5x), the scan's share of the fp32 matmul rate (target 60%), peak memory."),
+    "counting": (["benchmarks/bench_counting.py"],
+                 "Term counts over a 100M-token train.bin: the suffix array against decoding "
+                 "and a regular expression; same counts, time, peak memory."),
     "precision": (["benchmarks/bench_precision.py"],
                   "fp32 against bf16 autocast on this CPU: tokens/s and the loss after the same "
                   "12 steps."),
