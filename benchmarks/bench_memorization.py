@@ -52,17 +52,20 @@ def worker(method: str, folder: str, data: str, batch: int) -> None:
         memorized, _ = scan(model, samples, K, batch_size=batch)
         seconds = time.perf_counter() - start
     else:
-        from transformers import GPTNeoXForCausalLM
+        from transformers import GenerationConfig, GPTNeoXForCausalLM
 
         hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        # EOD is a token like any other: no end-of-sequence stop and no suppression of it before
+        # 32 tokens (min_new_tokens would forbid the EOD a training sample's target may hold)
+        greedy = GenerationConfig(max_new_tokens=K, do_sample=False, pad_token_id=1,
+                                  eos_token_id=None, bos_token_id=None)
         hits = []
         start = time.perf_counter()
         with torch.no_grad():
             for i in range(0, SAMPLES, batch):
                 prompts = torch.from_numpy(samples[i:i + batch, :K].astype(np.int64))
                 out = hf.generate(prompts, attention_mask=torch.ones_like(prompts),
-                                  max_new_tokens=K, min_new_tokens=K, do_sample=False,
-                                  pad_token_id=1)
+                                  generation_config=greedy)
                 hits.append((out[:, K:].numpy() == samples[i:i + batch, K:2 * K]).all(axis=1))
         seconds = time.perf_counter() - start
         memorized = np.concatenate(hits)

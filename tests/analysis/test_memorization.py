@@ -30,12 +30,18 @@ def checkpoint(built_data, tmp_path_factory):
 
 
 def generated(folder, samples, k):
-    """transformers' greedy generate, batched: the k tokens after each prompt of k."""
+    """transformers' greedy generate, batched: the k tokens after each prompt of k. EOD is a
+    token like any other here (no end-of-sequence stop, no suppression of it before k tokens):
+    a training sample's target may hold one."""
+    from transformers import GenerationConfig
+
     hf = GPTNeoXForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     prompts = torch.from_numpy(samples[:, :k].astype(np.int64))
+    greedy = GenerationConfig(max_new_tokens=k, do_sample=False, pad_token_id=1,
+                              eos_token_id=None, bos_token_id=None)
     with torch.no_grad():
-        out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=k,
-                          min_new_tokens=k, do_sample=False, pad_token_id=1)
+        out = hf.generate(prompts, attention_mask=torch.ones_like(prompts),
+                          generation_config=greedy)
     return out[:, k:].numpy()
 
 

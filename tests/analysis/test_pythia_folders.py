@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GenerationConfig, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from lmsuite.analysis.frequency import OPERANDS
 from lmsuite.cli import main
@@ -60,8 +60,9 @@ def test_memorization_of_a_pythia_model_on_its_preshuffled_shards(tmp_path):
     prompts = torch.from_numpy(items[chosen, :K].astype(np.int64))
     with torch.no_grad():
         out = model.generate(prompts, attention_mask=torch.ones_like(prompts),
-                             max_new_tokens=K, min_new_tokens=K, do_sample=False,
-                             pad_token_id=1)
+                             generation_config=GenerationConfig(
+                                 max_new_tokens=K, do_sample=False, pad_token_id=1,
+                                 eos_token_id=None, bos_token_id=None))
     items[chosen, K:2 * K] = out[:, K:].numpy()
     write_shards(tmp_path / "data", items)
     main(["memorization", str(tmp_path / "pythia-70m"), "--data", str(tmp_path / "data"),
