@@ -95,8 +95,9 @@ def test_every_stage_leaves_its_outputs_and_they_agree(straight):
     frequency = list(read_rows(run / "results" / "frequency.jsonl"))
     assert {r["step"] for r in frequency} == set(job.frequency_steps)
     branches = sorted(p.name for p in run.glob("*-swap-pronouns-*"))
-    assert branches == ["m1-swap-pronouns-from13-deduped", "m1-swap-pronouns-from15-deduped",
-                        "m2-swap-pronouns-from13-deduped", "m2-swap-pronouns-from15-deduped"]
+    # the two largest over the last 7% of training, the largest also over the last 21%
+    assert branches == ["m1-swap-pronouns-from15-deduped", "m2-swap-pronouns-from13-deduped",
+                        "m2-swap-pronouns-from15-deduped"]
     index = run / "report" / "index.html"
     page = index.read_text()
     images = [line.split("'")[1] for line in page.split("<img src=")[1:]]

@@ -58,8 +58,10 @@ def plan(suite: SuiteConfig, builtin_items: bool = True) -> Plan:
     """The checkpoints each stage reads, chosen so that the figures have points along a log
     axis and the job fits its budget: step 0, the powers of 4 from 16, and the second half of
     training in quarters (where most changes); the memorization scan, whose cost is the samples
-    seen, the same powers and the last step; term frequency at the last three quarters; for the
-    models the intervention branches, more of the last eighth of training."""
+    seen, 16, 64 and the last step; term frequency at half of training and the end; for the
+    models the intervention branches, more of the last eighth of training. The interventions,
+    as Pythia's: the two largest sizes over the last 7% of training, the largest also over the
+    last 21%."""
     t = suite.train
     schedule = checkpoint_steps(t.steps, t.checkpoint_every, t.log_checkpoints)
 
@@ -68,11 +70,12 @@ def plan(suite: SuiteConfig, builtin_items: bool = True) -> Plan:
 
     powers = [4**i for i in range(1, 16) if 4**i <= t.steps and 4**i in schedule]
     out = Plan(suite)
-    out.memorization_steps = sorted({*powers[1:], t.steps})
-    out.frequency_steps = sorted({nearest(0.5), nearest(0.75), t.steps})
+    out.memorization_steps = sorted({*powers[1:3], t.steps})
+    out.frequency_steps = sorted({nearest(0.5), t.steps})
     if builtin_items:
         largest = [m.name for m in suite.models[-2:]]
-        out.interventions = [(name, f) for name in largest for f in INTERVENTION_FRACTIONS]
+        short, long = INTERVENTION_FRACTIONS
+        out.interventions = [(name, short) for name in largest] + [(largest[-1], long)]
     forks = [t.steps - round(f * t.steps) for _, f in out.interventions]
     late = {nearest(q) for q in (0.875, 0.95, 1.0)} if forks else set()
     for size in suite.models:
