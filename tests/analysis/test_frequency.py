@@ -115,7 +115,7 @@ def test_delta_is_the_top_tenth_minus_the_bottom_tenth():
 def test_the_study_writes_delta_rows_and_curves(small_run, tmp_path):
     import shutil
 
-    run_dir = tmp_path / "run"  # a copy: the session's run stays as the other tests expect
+    run_dir = tmp_path / "run"  # a copy: the shared fixture's run stays as the other tests expect
     shutil.copytree(small_run[1], run_dir)
     path = freq.frequency(str(run_dir / "s1"), steps="10,20", progress=False)
     rows = [r for r in read_rows(path) if r["task"] == "frequency"]

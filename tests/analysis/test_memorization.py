@@ -104,7 +104,7 @@ def test_prediction_precision_and_recall_on_the_samples_both_saw():
 def test_the_study_writes_flags_rows_and_a_rerun_adds_nothing(small_run, tmp_path):
     import shutil
 
-    run_dir = tmp_path / "run"  # a copy: the session's run stays as the other tests expect
+    run_dir = tmp_path / "run"  # a copy: the shared fixture's run stays as the other tests expect
     shutil.copytree(small_run[1], run_dir)
     results = tmp_path / "memorization.jsonl"
     mem.memorization(str(run_dir), steps="0,4,20", k=K, heldout=50, results=str(results),
