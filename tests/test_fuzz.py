@@ -12,9 +12,9 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmsuite.cli import main
 from lmsuite.config import save_suite, suite_to_dict
 from tests.conftest import small_suite
+from tests.test_faults import cli
 
 ODD_VALUES = st.one_of(
     st.none().map(lambda _: "missing"), st.booleans(), st.integers(-10**12, 10**12),
@@ -54,16 +54,6 @@ def _mutate(table: dict, path: tuple, value) -> dict:
     return table
 
 
-def run_cli(argv, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 def assert_clean(code: int, err: str) -> None:
     assert code in (0, 2), err
     assert "Traceback" not in err
@@ -84,7 +74,7 @@ def _config_case(tmp_path, capsys, field, value, extra):
     except (TypeError, ValueError):  # a value TOML cannot hold (None, nan keys): not a config
         return
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert_clean(*run_cli(["model", "info", config], capsys))
+    assert_clean(*cli(["model", "info", config], capsys))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -131,7 +121,7 @@ def _damaged_case(dataset, tmp_path, capsys, name, damage):
         path.write_text(how)
     before = sorted(p.name for p in tmp_path.iterdir())
     for argv in (["batch", folder, "--step", 0], ["data", "verify", folder]):
-        assert_clean(*run_cli(argv, capsys))
+        assert_clean(*cli(argv, capsys))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -154,5 +144,5 @@ def test_many_damaged_dataset_files(dataset, tmp_path, capsys, name, damage):
 def test_the_base_config_is_valid(tmp_path, capsys):
     config = tmp_path / "suite.toml"
     save_suite(small_suite(), config)
-    assert run_cli(["model", "info", config], capsys)[0] == 0
+    assert cli(["model", "info", config], capsys)[0] == 0
     assert Path(config).is_file()

@@ -288,7 +288,7 @@ def test_samples_without_a_manifest_need_a_batch_size(built_data, tmp_path):
     for suffix in (".bin", ".idx"):
         shutil.copyfile(out / "standard" / f"train{suffix}", tmp_path / f"train{suffix}")
     with pytest.raises(LmsuiteError, match=r"no manifest.json to take the batch size from; "
-                                           r"pass batch_size \(--batch-size\)"):
+                                           r"pass batch_size \(--batch-size"):
         batch_at(tmp_path, 0)
     assert np.array_equal(batch_at(tmp_path, 3, 8), batch_at(out / "standard", 3))
 

@@ -87,12 +87,20 @@ def straight(built_data, tmp_path_factory):
     return config, single
 
 
+def torchrun(config, run_dir, procs, *flags) -> subprocess.CompletedProcess:
+    """`lmsuite train` of s1 under torchrun with `procs` processes."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+         "--master_port", str(free_port()), "-m", "lmsuite", "train", str(config), "--model",
+         "s1", "--out", str(run_dir), "--no-progress", *flags],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def torchrun_fsdp(config, run_dir, *flags):
-    """`lmsuite train` of s1 under torchrun: two processes, the model sharded with FSDP2."""
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", str(free_port()), "-m", "lmsuite", "train", str(config),
-                    "--model", "s1", "--out", str(run_dir), "--fsdp", "--no-progress", *flags],
-                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """Two processes, the model sharded with FSDP2."""
+    torchrun(config, run_dir, 2, "--fsdp", *flags)
 
 
 def test_torchrun_fsdp_matches_one_process(built_data, straight, tmp_path):

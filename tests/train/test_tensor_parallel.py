@@ -2,10 +2,7 @@
 TP = 2 (4 processes) against one process, checkpoints loaded by transformers, resumes."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,21 +17,11 @@ from lmsuite.train.checkpoint import list_checkpoints
 from lmsuite.train.tensor_parallel import check_divisible
 from lmsuite.train.trainer import Trainer
 from tests.conftest import assert_weights_close, run_dir_with_data, training_suite
-from tests.train.test_distributed import free_port
+from tests.train.test_distributed import torchrun
 
 
 def weights(run_dir, step):
     return load_file(run_dir / "s1" / f"step{step}" / "model.safetensors")
-
-
-def torchrun(config, run_dir, procs, *flags):
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-         "--master_port", str(free_port()), "-m", "lmsuite", "train", str(config), "--model",
-         "s1", "--out", str(run_dir), "--no-progress", *flags],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 @pytest.fixture(scope="module")

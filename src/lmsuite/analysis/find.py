@@ -11,9 +11,10 @@ import numpy as np
 
 from lmsuite.analysis.index import TokenIndex
 from lmsuite.data.indexed import IndexedDataset
+from lmsuite.data.order import batch_size_of
 from lmsuite.data.tokenizer import load_tokenizer
 from lmsuite.errors import LmsuiteError
-from lmsuite.runs import Run, is_run_folder, read_manifest
+from lmsuite.runs import Run, is_run_folder
 
 CONTEXT = 12
 """Tokens of surrounding text shown on each side of an occurrence."""
@@ -62,12 +63,7 @@ def find(target: str | os.PathLike, text: str, dataset: str = "standard", limit:
     if not text:
         raise LmsuiteError("the text to find is empty")
     data_dir = Run(target).dataset(dataset) if is_run_folder(target) else Path(target)
-    if batch_size is None:
-        manifest = read_manifest(data_dir)
-        if manifest is None:
-            raise LmsuiteError(f"{data_dir}: no manifest.json to take the batch size from; "
-                               "pass --batch-size")
-        batch_size = int(manifest["params"]["batch_size"])
+    batch_size = batch_size_of(data_dir, batch_size)
     index = TokenIndex.open(data_dir)
     tok = load_tokenizer(data_dir)
     variants = [text] + ([" " + text] if not text[:1].isspace() else [])

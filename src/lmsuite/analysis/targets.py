@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmsuite.data.order import open_train
+from lmsuite.data.order import batch_size_of, open_train
 from lmsuite.errors import LmsuiteError
 from lmsuite.model.hf import resolve_model_folder
 from lmsuite.runs import (
@@ -24,7 +24,6 @@ from lmsuite.runs import (
     has_weights,
     list_steps,
     parse_steps,
-    read_manifest,
     read_provenance,
     split_model_folder,
 )
@@ -59,18 +58,6 @@ class StudyModel:
             raise LmsuiteError(f"{self.folder}: no checkpoint at step {step}")
         return self.folder if self.all_steps == [step] and has_weights(self.folder) \
             else checkpoint_dir(self.folder, step)
-
-
-def _batch_size(data_dir: Path, given: int | None) -> int:
-    if given is not None:
-        if given <= 0:
-            raise LmsuiteError(f"--batch-size must be positive, got {given}")
-        return given
-    manifest = read_manifest(data_dir)
-    if manifest is None:
-        raise LmsuiteError(f"{data_dir}: no manifest.json to take the batch size from; pass "
-                           "--batch-size (1024 for Pythia)")
-    return int(manifest["params"]["batch_size"])
 
 
 def _check_data(data_dir: Path, seq_len: int | None) -> None:
@@ -137,5 +124,5 @@ def study_models(target: str | os.PathLike, steps: str = "log", data: str | None
             raise LmsuiteError(f"{folder}: no checkpoint at steps {sorted(spec)}; it has "
                                f"{', '.join(map(str, held))}")
         found.append(StudyModel(folder, folder.name, suite, model, dataset, chosen, held,
-                                data_dir, _batch_size(data_dir, batch_size), run))
+                                data_dir, batch_size_of(data_dir, batch_size), run))
     return found

@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -51,11 +50,13 @@ def source_files(sources: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def _open_binary(path: Path) -> io.BufferedIOBase:
-    kind = _kind(path)
-    if kind == ".jsonl.gz":
-        return gzip.open(path, "rb")
-    return path.open("rb")
+def _binary_lines(path: Path) -> Iterator[bytes]:
+    """The undecoded lines of a plain, .gz or .zst file."""
+    if _kind(path) == ".jsonl.zst":
+        yield from _zstd_lines(path)
+        return
+    with (gzip.open(path, "rb") if _kind(path) == ".jsonl.gz" else path.open("rb")) as f:
+        yield from f
 
 
 def _zstd_lines(path: Path) -> Iterator[bytes]:
@@ -87,15 +88,13 @@ def _lines(path: Path, encoding: str, errors: str) -> Iterator[tuple[int, str]]:
     naming the file and line."""
     number = 0
     try:
-        with _open_binary(path) as f:
-            raws = _zstd_lines(path) if _kind(path) == ".jsonl.zst" else f
-            for number, raw in enumerate(raws, 1):
-                try:
-                    yield number, raw.decode(encoding, errors)
-                except UnicodeDecodeError as e:
-                    raise DataFormatError(f"{path}:{number}: not valid {encoding} ({e.reason} "
-                                          f"at byte {e.start} of the line); set [data] "
-                                          'encoding, or encoding_errors = "replace"') from None
+        for number, raw in enumerate(_binary_lines(path), 1):
+            try:
+                yield number, raw.decode(encoding, errors)
+            except UnicodeDecodeError as e:
+                raise DataFormatError(f"{path}:{number}: not valid {encoding} ({e.reason} at "
+                                      f"byte {e.start} of the line); set [data] encoding, or "
+                                      'encoding_errors = "replace"') from None
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise

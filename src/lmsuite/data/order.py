@@ -100,18 +100,27 @@ def open_train(data_dir: str | os.PathLike) -> IndexedDataset:
     return _open(str(prefix), Path(str(prefix) + ".idx").stat().st_mtime_ns)
 
 
+def batch_size_of(data_dir: str | os.PathLike, given: int | None = None) -> int:
+    """The batch size a dataset was built for (its manifest's), or `given`; data without a
+    manifest (Pythia's pre-shuffled files) needs it given."""
+    if given is not None:
+        if given <= 0:
+            raise LmsuiteError(f"the batch size must be positive, got {given}")
+        return given
+    manifest = read_manifest(data_dir)
+    if manifest is None:
+        raise LmsuiteError(f"{data_dir}: no manifest.json to take the batch size from; pass "
+                           "batch_size (--batch-size; 1024 for Pythia)")
+    return int(manifest["params"]["batch_size"])
+
+
 def batch_at(data_dir: str | os.PathLike, step: int, batch_size: int | None = None) -> np.ndarray:
     """The exact (batch_size, seq_len + 1) tokens of training step `step`: items
     [step * B, (step + 1) * B) of train.bin, whatever trains on them."""
     data = open_train(data_dir)  # a folder without training samples is named as such first
-    if batch_size is None:
-        manifest = read_manifest(data_dir)
-        if manifest is None:
-            raise LmsuiteError(f"{data_dir}: no manifest.json to take the batch size from; "
-                               "pass batch_size (--batch-size)")
-        batch_size = int(manifest["params"]["batch_size"])
-    if batch_size <= 0 or step < 0:
-        raise LmsuiteError(f"step must be >= 0 and batch size > 0, got {step} and {batch_size}")
+    batch_size = batch_size_of(data_dir, batch_size)
+    if step < 0:
+        raise LmsuiteError(f"step must be >= 0, got {step}")
     steps = len(data) // batch_size
     if step >= steps:
         raise LmsuiteError(f"{data.idx_path}: step {step} is past the end; the file holds "

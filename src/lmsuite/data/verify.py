@@ -92,12 +92,10 @@ def verify(folder: str | os.PathLike, manifest: dict, full: bool = False) -> str
             raise DataFormatError(f"{path}: its content differs from the build's (sampled "
                                   "hash); the file is damaged, rebuild the dataset")
     if full:
+        from lmsuite.data.corpus import file_sha256
+
         for name, expected in manifest["sha256"].items():
-            digest = hashlib.sha256()
-            with (folder / name).open("rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-            if digest.hexdigest() != expected:
+            if file_sha256(folder / name) != expected:
                 raise DataFormatError(f"{folder / name}: sha256 differs from the manifest's; "
                                       "the file is damaged, rebuild the dataset")
         return "every byte (sha256)"
