@@ -49,7 +49,11 @@ def read_rows(path: str | os.PathLike, fields: tuple[str, ...] = ROW_FIELDS) -> 
     path = Path(path)
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text (byte {e.start}); not a results file"
+                              ) from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
